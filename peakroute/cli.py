@@ -1,0 +1,218 @@
+"""``peakroute``: the one command line of PeakRoute.  Every sub-command has ``--help``.
+
+Configuration comes from ``PEAKROUTE_*`` environment variables (``peakroute config`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .config import CHANNELS, Settings
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from .stack import LocalStack, StackError
+    from .streams.topics import topic_specs
+
+    stack = LocalStack(settings, log=lambda s: print(s, file=sys.stderr))
+    try:
+        if args.action == "up":
+            stack.up(topic_specs(settings))
+            _print_status(stack.status())
+        elif args.action == "down":
+            stack.reset() if args.purge else stack.down()
+        elif args.action == "status":
+            _print_status(stack.status())
+        elif args.action == "logs":
+            print(stack.logs(args.lines))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(status: dict) -> None:
+    for name, info in status.items():
+        extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "state" and v is not None)
+        print(f"{name:6} {info.get('state', '?'):8} {extra}")
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from .metrics.registry import serve
+    from .streams.app import build_app
+
+    serve(args.metrics_port)
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import run_api
+
+    run_api(settings, args.port)
+    return 0
+
+
+def _normalize(args: argparse.Namespace, settings: Settings) -> int:
+    from .domain.canonical import Rejection
+    from .domain.catalog import load_catalog
+    from .domain.channels import normalize
+    import orjson
+
+    raw = sys.stdin.buffer.read()
+    try:
+        order = normalize(args.channel, raw, load_catalog(settings.catalog_file or None))
+    except Rejection as rej:
+        sys.stdout.buffer.write(orjson.dumps(rej.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        return 2
+    sys.stdout.buffer.write(orjson.dumps(order.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from .connectors.kafka import make_producer
+    from .connectors.replay import replay_file
+
+    def progress(s: object) -> None:
+        print(f"\r  replayed {getattr(s, 'lines')} lines, delivered {getattr(s, 'delivered')}",
+              end="", file=sys.stderr, flush=True)
+
+    stats = replay_file(args.file, args.channel, make_producer(settings), progress)
+    print(f"\rreplayed {stats.lines} payloads to peakroute.raw.{args.channel}: delivered {stats.delivered}, "
+          f"failed {stats.failed}, without order id {stats.without_key}, {stats.elapsed_s:.1f} s", file=sys.stderr)
+    for err in stats.errors:
+        print(f"  delivery error: {err}", file=sys.stderr)
+    return 0 if stats.failed == 0 else 1
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from .connectors.kafka import make_producer
+    from .connectors.simulator import PeakSaleSimulator, parse_surge, run_simulation
+    from .domain.catalog import load_catalog
+
+    try:
+        surge = parse_surge(args.surge) if args.surge is not None else None
+    except ValueError as exc:
+        print(f"error: --surge: {exc}", file=sys.stderr)
+        return 2
+    sim = PeakSaleSimulator(rate=args.rate, duration_s=args.duration, seed=args.seed,
+                            catalog=load_catalog(settings.catalog_file or None), surge=surge)
+    stats = run_simulation(sim, make_producer(settings), realtime=not args.fast, progress=_sim_progress)
+    print(file=sys.stderr)
+    print(_format_sim_stats(stats))
+    return 0 if getattr(stats, "failed", 0) == 0 else 1
+
+
+def _sim_progress(stats: object) -> None:
+    total = getattr(stats, "delivered", 0)
+    elapsed = getattr(stats, "elapsed_s", 0.0) or 0.0
+    print(f"\r  simulating: {total} payloads delivered, {elapsed:5.1f} s", end="", file=sys.stderr, flush=True)
+
+
+def _format_sim_stats(stats: object) -> str:
+    from dataclasses import asdict, is_dataclass
+
+    d = asdict(stats) if is_dataclass(stats) else vars(stats)  # type: ignore[arg-type]
+    return "\n".join(f"  {k}: {v}" for k, v in d.items())
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, seed=args.seed,
+                    surge=not args.no_surge, keep_running=args.keep_running)
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    for var, value, _help in settings.describe():
+        print(f"{var}={value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="peakroute",
+        description="PeakRoute: a Kafka-native order router for peak-sales events. "
+                    "Configuration: PEAKROUTE_* environment variables (see `peakroute config`).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("stack", help="start/stop the local Kafka (KRaft) and Redis",
+                       description="Manage the local stack: a real Apache Kafka broker (jars fetched from "
+                                   "Maven Central on first use) and a real redis-server, under "
+                                   "PEAKROUTE_STATE_DIR. With PEAKROUTE_KAFKA_BOOTSTRAP / PEAKROUTE_REDIS_URL "
+                                   "set, those servers are used and nothing is started.")
+    s.add_argument("action", choices=["up", "down", "status", "logs"])
+    s.add_argument("--purge", action="store_true", help="with down: also delete the stack's data")
+    s.add_argument("--lines", type=int, default=50, help="with logs: lines per log (default 50)")
+    s.set_defaults(func=_stack)
+
+    w = sub.add_parser("worker", help="run one stream worker (run several side by side to scale out)",
+                       description="Run one faust stream worker. Any number may run side by side; "
+                                   "give each its own --metrics-port.")
+    w.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: none)")
+    w.add_argument("--loglevel", default="warning", help="faust log level (default warning)")
+    w.set_defaults(func=_worker)
+
+    a = sub.add_parser("api", help="run the HTTP service (channel webhooks)",
+                       description="Run the stateless HTTP service: POST /channels/{channel}/orders "
+                                   "(HMAC-signed webhooks), GET /healthz.")
+    a.add_argument("--port", type=int, default=None, help="listen port (default PEAKROUTE_HTTP_PORT, 8080)")
+    a.set_defaults(func=_api)
+
+    n = sub.add_parser("normalize", help="print the canonical order for one raw payload on stdin",
+                       description="Read one raw channel payload on stdin; print the canonical order "
+                                   "(exit 0) or the rejection {error, field, detail} (exit 2).")
+    n.add_argument("--channel", required=True, choices=CHANNELS)
+    n.set_defaults(func=_normalize)
+
+    r = sub.add_parser("replay", help="write a JSONL file of raw payloads to a channel's raw topic",
+                       description="Backfill after an outage: each non-blank line of FILE is one raw "
+                                   "payload, written unchanged to peakroute.raw.CHANNEL.")
+    r.add_argument("file")
+    r.add_argument("--channel", required=True, choices=CHANNELS)
+    r.set_defaults(func=_replay)
+
+    sim = sub.add_parser("simulate", help="produce realistic peak-sale traffic into the raw topics",
+                         description="Open-loop simulated peak sale in the four channels' own formats.")
+    sim.add_argument("--rate", type=float, default=200.0, help="new orders per second (default 200)")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--seed", type=int, default=11, help="random seed (same seed, same traffic)")
+    sim.add_argument("--surge", nargs="?", const="default", default=None,
+                     help="add a surge; optional spec e.g. channel=douyin,factor=5,start=10,duration=60,"
+                          "sku=SKU-LIPSTICK-07,sku_factor=20")
+    sim.add_argument("--fast", action="store_true", help="don't pace: produce as fast as possible")
+    sim.set_defaults(func=_simulate)
+
+    d = sub.add_parser("demo", help="stack up, worker running, a simulated peak sale, a summary",
+                       description="The main job end to end: start the local stack, a worker and the "
+                                   "api, run a simulated Double-11 peak, then print what happened.")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds of simulated traffic (default 60)")
+    d.add_argument("--rate", type=float, default=300.0, help="new orders per second (default 300)")
+    d.add_argument("--seed", type=int, default=11)
+    d.add_argument("--no-surge", action="store_true", help="no douyin/hot-SKU surge")
+    d.add_argument("--keep-running", action="store_true", help="leave worker and stack running afterwards")
+    d.set_defaults(func=_demo)
+
+    c = sub.add_parser("config", help="show the effective configuration (secrets hidden)")
+    c.set_defaults(func=_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_format)
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""One settings object, read from ``PEAKROUTE_*`` environment variables.
+
+Every process (worker, api, stack, simulator, tests) builds its configuration through
+:func:`Settings.from_env` so that one variable changes one thing everywhere.  The full list is in
+``README.md`` (section *Configuration*) and in ``peakroute config``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "PEAKROUTE_"
+CHANNELS: tuple[str, ...] = ("tmall", "jd", "douyin", "wxmini")
+
+
+def _default_state_dir() -> str:
+    return str(Path.cwd() / ".peakroute")
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "peakroute")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration.  Field ``x_y`` is read from ``PEAKROUTE_X_Y``."""
+
+    #: Kafka bootstrap servers.  When set explicitly, ``peakroute stack up`` starts no broker.
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    #: Redis URL.  When set explicitly, ``peakroute stack up`` starts no redis-server.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Where the local stack keeps data, logs and pid files.
+    state_dir: str = field(default_factory=_default_state_dir)
+    #: Where downloaded Kafka jars are cached between runs.
+    cache_dir: str = field(default_factory=_default_cache_dir)
+    #: Apache Kafka release fetched from Maven Central (org.apache.kafka:kafka_2.13).
+    kafka_version: str = "4.1.1"
+    #: KRaft controller port of the local broker.
+    kafka_controller_port: int = 9093
+    #: Partitions of every project topic (raw, canonical, tables).  Fixed at topic creation.
+    partitions: int = 6
+    #: Faust application id (consumer group and changelog topic prefix).
+    app_id: str = "peakroute"
+    #: Port of ``peakroute api`` (webhooks, status and ops endpoints).
+    http_port: int = 8080
+    #: Largest webhook body accepted, in bytes (larger gets 413).
+    max_body_bytes: int = 256 * 1024
+    #: Webhook timestamps older or newer than this many seconds are refused (replay protection).
+    webhook_tolerance_s: int = 300
+    #: SKU catalog file (JSON).  Empty means the catalog shipped with the project.
+    catalog_file: str = ""
+    #: Log level of PeakRoute's own loggers.
+    log_level: str = "INFO"
+    #: ``text`` (human-readable) or ``json`` (one JSON object per line, for log shippers).
+    log_format: str = "text"
+    #: Per-channel webhook secrets: ``PEAKROUTE_WEBHOOK_SECRET_TMALL`` etc.  A channel without a
+    #: secret refuses every webhook (fail closed).
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: True when ``kafka_bootstrap`` / ``redis_url`` came from the environment (use, don't start).
+    kafka_external: bool = False
+    redis_external: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over both."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name in ("webhook_secrets", "kafka_external", "redis_external"):
+                continue
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.type in ("int", int):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        values["webhook_secrets"] = {
+            ch: env[PREFIX + "WEBHOOK_SECRET_" + ch.upper()]
+            for ch in CHANNELS
+            if env.get(PREFIX + "WEBHOOK_SECRET_" + ch.upper())
+        }
+        values["kafka_external"] = bool(env.get(PREFIX + "KAFKA_BOOTSTRAP"))
+        values["redis_external"] = bool(env.get(PREFIX + "REDIS_URL"))
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, value, help) rows for ``peakroute config``; secrets are never shown."""
+        rows = []
+        for f in fields(self):
+            if f.name in ("kafka_external", "redis_external"):
+                continue
+            if f.name == "webhook_secrets":
+                for ch in CHANNELS:
+                    rows.append((f"{PREFIX}WEBHOOK_SECRET_{ch.upper()}",
+                                 "(set)" if ch in self.webhook_secrets else "(unset: webhooks refused)",
+                                 f"HMAC secret of the {ch} webhook"))
+                continue
+            rows.append((PREFIX + f.name.upper(), str(getattr(self, f.name)), ""))
+        return rows

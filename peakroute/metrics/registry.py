@@ -1,0 +1,37 @@
+"""Prometheus metrics of one worker or api process (prometheus-client's default registry).
+
+Labels are bounded sets only (channel, stage, reason code, verdict): never an order id, SKU list or
+anything personal, so cardinality stays flat however large the peak.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RAW_RECEIVED = Counter(
+    "peakroute_raw_received_total", "Raw channel payloads read from the raw topics", ["channel"])
+ORDERS_EMITTED = Counter(
+    "peakroute_orders_emitted_total",
+    "Canonical order states written to peakroute.orders (new order or changed state)",
+    ["channel", "verdict", "status"])
+DUPLICATES = Counter(
+    "peakroute_duplicates_total",
+    "Raw payloads that carried no news: exact re-sends (duplicate) or older states (stale)",
+    ["channel", "verdict"])
+DEAD_LETTERS = Counter(
+    "peakroute_dead_letters_total", "Inputs written to peakroute.dlq", ["channel", "stage", "reason"])
+WEBHOOK_REQUESTS = Counter(
+    "peakroute_webhook_requests_total", "Webhook requests by channel and HTTP status", ["channel", "status"])
+STAGE_SECONDS = Histogram(
+    "peakroute_stage_seconds", "Processing time per stage, per input message", ["stage"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+INGEST_TO_CANONICAL = Histogram(
+    "peakroute_ingest_to_canonical_seconds",
+    "Raw topic timestamp (ingest) to canonical order emitted",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (0 = don't serve)."""
+    if port:
+        start_http_server(port, addr="0.0.0.0")

@@ -1,0 +1,42 @@
+"""Topic names: a public contract (README, section *Public contract*).
+
+Values are UTF-8 JSON.  Raw topics carry the channel's payload unchanged, keyed by the channel
+order id; ``peakroute.orders`` carries canonical orders keyed by ``order_id``; ``peakroute.dlq``
+carries every rejected or failed input with the reason and the original bytes.
+"""
+
+from __future__ import annotations
+
+from ..config import CHANNELS, Settings
+
+RAW_PREFIX = "peakroute.raw."
+ORDERS = "peakroute.orders"
+DLQ = "peakroute.dlq"
+# Added by later stages (reservation, routing, breaker, audit); names reserved now.
+INVENTORY = "peakroute.inventory"
+FULFILLMENT_PREFIX = "peakroute.fulfillment."
+ORDER_EVENTS = "peakroute.order-events"
+REVIEW = "peakroute.review"
+AUDIT = "peakroute.audit"
+
+
+def raw_topic(channel: str) -> str:
+    """``peakroute.raw.<channel>``: where a channel's payloads land, unchanged."""
+    return RAW_PREFIX + channel
+
+
+RAW_TOPICS: tuple[str, ...] = tuple(raw_topic(ch) for ch in CHANNELS)
+
+
+def topic_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821 - imported lazily
+    """Every topic the project creates up front, with its partition count.
+
+    All stream topics share one partition count so that faust can co-partition its tables with
+    them (a table partition lives on the worker that owns the same source partition).
+    """
+    from ..stack import TopicSpec
+
+    n = settings.partitions
+    specs = [TopicSpec(t, n) for t in RAW_TOPICS]
+    specs += [TopicSpec(ORDERS, n), TopicSpec(DLQ, n)]
+    return specs

@@ -1,0 +1,44 @@
+"""Shared fixtures.  Integration tests run against a real Kafka broker and redis-server that this test
+session starts itself (on free ports, in a temporary state dir), unless PEAKROUTE_KAFKA_BOOTSTRAP /
+PEAKROUTE_REDIS_URL point at running servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from peakroute.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLES = ROOT.parent / "shared" / "channel-samples"
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at a running real Kafka + Redis for this test session."""
+    from peakroute.stack import LocalStack, free_port
+    from peakroute.streams.topics import topic_specs
+
+    base = Settings.from_env()
+    if base.kafka_external and base.redis_external:
+        LocalStack(base).ensure_topics(topic_specs(base))
+        yield base
+        return
+    state = tmp_path_factory.mktemp("stack")
+    overrides: dict[str, object] = {"state_dir": str(state)}
+    if not base.kafka_external:
+        overrides["kafka_bootstrap"] = f"127.0.0.1:{free_port()}"
+        overrides["kafka_controller_port"] = free_port()
+    if not base.redis_external:
+        overrides["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings.from_env(**overrides)
+    stack = LocalStack(settings)
+    stack.up(topic_specs(settings))
+    try:
+        yield settings
+    finally:
+        stack.reset() if os.environ.get("PEAKROUTE_KEEP_TEST_STACK") != "1" else stack.down()
