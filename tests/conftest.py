@@ -31,8 +31,11 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     state = tmp_path_factory.mktemp("stack")
     overrides: dict[str, object] = {"state_dir": str(state)}
     if not base.kafka_external:
-        overrides["kafka_bootstrap"] = f"127.0.0.1:{free_port()}"
-        overrides["kafka_controller_port"] = free_port()
+        kafka_port, controller_port = free_port(), free_port()
+        while controller_port == kafka_port:
+            controller_port = free_port()
+        overrides["kafka_bootstrap"] = f"127.0.0.1:{kafka_port}"
+        overrides["kafka_controller_port"] = controller_port
     if not base.redis_external:
         overrides["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings.from_env(**overrides)

@@ -19,7 +19,6 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
-        "compression.type": "lz4",
         "client.id": "peakroute",
     }
     conf.update(overrides)

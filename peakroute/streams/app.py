@@ -42,8 +42,8 @@ def build_app(settings: Settings) -> faust.App:
     raw = app.topic(*RAW_TOPICS, key_type=bytes, value_type=bytes, partitions=n)
     orders = app.topic(ORDERS, key_type=bytes, value_type=bytes, partitions=n)
     dlq = app.topic(DLQ, key_type=bytes, value_type=bytes, partitions=n)
-    versions = app.Table("order-versions", default=None, partitions=n,
-                         key_serializer="orjson", value_serializer="orjson",
+    json_schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
+    versions = app.Table("order-versions", default=None, partitions=n, schema=json_schema,
                          help="order_id -> last emitted canonical state (dedup)")
     normalize.register(app, raw=raw, orders=orders, dlq=dlq, versions=versions,
                        catalog=load_catalog(settings.catalog_file or None))

@@ -1,0 +1,148 @@
+"""Stock and reservations of the SKUs one partition owns — the only place a unit can be promised.
+
+Invariant, for every (SKU, warehouse), after every operation:
+
+    reserved <= on_hand - safety        (available = on_hand - reserved - safety >= 0)
+
+A reservation ("hold") is a record keyed by (order, line), not a bare decrement, so that applying the
+same request twice — faust delivers at least once — changes nothing.  An inventory correction that
+breaks the invariant (stock found damaged at a cycle count) evicts the most recently paid holds until
+it holds again; those orders are *oversold* and must be re-routed or backordered by their owner.
+
+The stores are plain mutable mappings: dicts in tests, changelog-backed faust tables in the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import MutableMapping
+
+
+def level_key(sku: str, warehouse: str) -> str:
+    return f"{sku}|{warehouse}"
+
+
+def hold_key(order_id: str, line_id: str) -> str:
+    return f"{order_id}|{line_id}"
+
+
+@dataclass(frozen=True)
+class Hold:
+    order_id: str
+    line_id: str
+    sku: str
+    warehouse: str
+    qty: int
+    attempt: int
+    paid_at: str  #: eviction order on oversell: the most recently paid goes first
+
+    def to_dict(self) -> dict:
+        return {"o": self.order_id, "l": self.line_id, "s": self.sku, "w": self.warehouse, "q": self.qty,
+                "a": self.attempt, "p": self.paid_at}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Hold":
+        return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"])
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    outcome: str  #: "confirmed" | "refused" | "stale"
+    available: int  #: units still available at that warehouse after the decision
+
+
+Levels = MutableMapping[str, list[int]]  # level_key -> [on_hand, reserved, safety]
+Holds = MutableMapping[str, dict]  # hold_key -> Hold.to_dict()
+
+
+class Ledger:
+    """Operations on one partition's stock levels and holds."""
+
+    def __init__(self, levels: Levels, holds: Holds) -> None:
+        self.levels = levels
+        self.holds = holds
+
+    # -- reading -------------------------------------------------------------------------------
+    def level(self, sku: str, warehouse: str) -> tuple[int, int, int]:
+        v = self.levels.get(level_key(sku, warehouse))
+        return (v[0], v[1], v[2]) if v else (0, 0, 0)
+
+    def available(self, sku: str, warehouse: str) -> int:
+        on_hand, reserved, safety = self.level(sku, warehouse)
+        return on_hand - reserved - safety
+
+    def _put(self, sku: str, warehouse: str, on_hand: int, reserved: int, safety: int) -> None:
+        self.levels[level_key(sku, warehouse)] = [on_hand, reserved, safety]
+
+    # -- reservations --------------------------------------------------------------------------
+    def reserve(self, order_id: str, line_id: str, sku: str, warehouse: str, qty: int, attempt: int,
+                paid_at: str) -> ReserveResult:
+        """Hold ``qty`` units for (order, line) at ``warehouse``, all or nothing; idempotent."""
+        key = hold_key(order_id, line_id)
+        existing = self.holds.get(key)
+        if existing is not None:
+            held = Hold.from_dict(existing)
+            if held.attempt > attempt:
+                return ReserveResult("stale", self.available(sku, warehouse))
+            if held.attempt == attempt and held.warehouse == warehouse and held.qty == qty:
+                return ReserveResult("confirmed", self.available(sku, warehouse))
+            self.release(order_id, line_id)  # a newer attempt replaces the old hold
+        on_hand, reserved, safety = self.level(sku, warehouse)
+        if qty <= 0 or on_hand - reserved - safety < qty:
+            return ReserveResult("refused", on_hand - reserved - safety)
+        self._put(sku, warehouse, on_hand, reserved + qty, safety)
+        self.holds[key] = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at).to_dict()
+        return ReserveResult("confirmed", on_hand - reserved - qty - safety)
+
+    def release(self, order_id: str, line_id: str, attempt: int | None = None) -> Hold | None:
+        """Give a hold's units back; only what was really held, only once.  Returns the hold released."""
+        key = hold_key(order_id, line_id)
+        existing = self.holds.get(key)
+        if existing is None:
+            return None
+        held = Hold.from_dict(existing)
+        if attempt is not None and held.attempt != attempt:
+            return None
+        on_hand, reserved, safety = self.level(held.sku, held.warehouse)
+        self._put(held.sku, held.warehouse, on_hand, max(0, reserved - held.qty), safety)
+        del self.holds[key]
+        return held
+
+    def ship(self, order_id: str, line_id: str) -> Hold | None:
+        """The WMS shipped the line: the hold becomes a shipment and on-hand drops by its units."""
+        key = hold_key(order_id, line_id)
+        existing = self.holds.get(key)
+        if existing is None:
+            return None
+        held = Hold.from_dict(existing)
+        on_hand, reserved, safety = self.level(held.sku, held.warehouse)
+        self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), max(0, reserved - held.qty), safety)
+        del self.holds[key]
+        return held
+
+    # -- inventory -----------------------------------------------------------------------------
+    def set_stock(self, sku: str, warehouse: str, on_hand: int | None = None, safety: int | None = None,
+                  delta: int = 0) -> list[Hold]:
+        """Apply a snapshot (absolute ``on_hand``) or a ``delta``; return the holds evicted (oversold)."""
+        cur_on_hand, reserved, cur_safety = self.level(sku, warehouse)
+        new_on_hand = (cur_on_hand if on_hand is None else on_hand) + delta
+        new_on_hand = max(0, new_on_hand)
+        new_safety = cur_safety if safety is None else max(0, safety)
+        self._put(sku, warehouse, new_on_hand, reserved, new_safety)
+        if reserved <= new_on_hand - new_safety:
+            return []
+        return self._evict(sku, warehouse)
+
+    def _evict(self, sku: str, warehouse: str) -> list[Hold]:
+        """Release the most recently paid holds until reserved <= on_hand - safety again."""
+        mine = sorted((Hold.from_dict(h) for h in list(self.holds.values())
+                       if h["s"] == sku and h["w"] == warehouse),
+                      key=lambda h: (h.paid_at, h.order_id), reverse=True)
+        evicted: list[Hold] = []
+        for held in mine:
+            on_hand, reserved, safety = self.level(sku, warehouse)
+            if reserved <= on_hand - safety:
+                break
+            self.release(held.order_id, held.line_id)
+            evicted.append(held)
+        return evicted

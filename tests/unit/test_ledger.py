@@ -1,0 +1,110 @@
+"""The SKU ledger (pure): never oversell, idempotent holds, all-or-nothing per line."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from peakroute.domain.ledger import Ledger
+
+
+def fresh(on_hand: int = 10, safety: int = 0) -> Ledger:
+    led = Ledger({}, {})
+    led.set_stock("SKU-A", "WH-1", on_hand=on_hand, safety=safety)
+    return led
+
+
+def test_reserve_confirms_until_stock_runs_out() -> None:
+    led = fresh(3)
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t1").outcome == "confirmed"
+    assert led.reserve("o2", "1", "SKU-A", "WH-1", 2, 1, "t2").outcome == "refused"
+    assert led.reserve("o3", "1", "SKU-A", "WH-1", 1, 1, "t3").outcome == "confirmed"
+    assert led.available("SKU-A", "WH-1") == 0
+
+
+def test_same_request_twice_holds_once() -> None:
+    led = fresh(5)
+    for _ in range(3):
+        assert led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t").outcome == "confirmed"
+    assert led.level("SKU-A", "WH-1") == (5, 2, 0)
+
+
+def test_safety_stock_is_never_promised() -> None:
+    led = fresh(5, safety=2)
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 4, 1, "t").outcome == "refused"
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 3, 1, "t").outcome == "confirmed"
+
+
+def test_release_gives_back_only_what_was_held_and_only_once() -> None:
+    led = fresh(5)
+    led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t")
+    assert led.release("o1", "1") is not None
+    assert led.release("o1", "1") is None
+    assert led.release("never", "1") is None
+    assert led.level("SKU-A", "WH-1") == (5, 0, 0)
+
+
+def test_release_of_an_older_attempt_does_not_touch_a_newer_hold() -> None:
+    led = fresh(5)
+    led.reserve("o1", "1", "SKU-A", "WH-1", 2, 2, "t")
+    assert led.release("o1", "1", attempt=1) is None
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t").outcome == "stale"
+    assert led.level("SKU-A", "WH-1") == (5, 2, 0)
+
+
+def test_ship_turns_hold_into_shipment() -> None:
+    led = fresh(5)
+    led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t")
+    assert led.ship("o1", "1") is not None
+    assert led.ship("o1", "1") is None
+    assert led.level("SKU-A", "WH-1") == (3, 0, 0)
+
+
+def test_correction_below_reserved_evicts_latest_paid_first() -> None:
+    led = fresh(10)
+    for i in range(5):
+        led.reserve(f"o{i}", "1", "SKU-A", "WH-1", 2, 1, f"2026-11-11T00:00:0{i}Z")
+    evicted = led.set_stock("SKU-A", "WH-1", on_hand=5)
+    assert [h.order_id for h in evicted] == ["o4", "o3", "o2"]
+    on_hand, reserved, safety = led.level("SKU-A", "WH-1")
+    assert reserved <= on_hand - safety
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("reserve"), st.integers(0, 7), st.integers(1, 2), st.sampled_from(["WH-1", "WH-2"]),
+              st.integers(-1, 6), st.integers(1, 3)),
+    st.tuples(st.just("release"), st.integers(0, 7), st.integers(1, 2), st.none(), st.none(), st.none()),
+    st.tuples(st.just("ship"), st.integers(0, 7), st.integers(1, 2), st.none(), st.none(), st.none()),
+    st.tuples(st.just("stock"), st.none(), st.none(), st.sampled_from(["WH-1", "WH-2"]), st.integers(0, 12),
+              st.integers(0, 3)),
+    st.tuples(st.just("delta"), st.none(), st.none(), st.sampled_from(["WH-1", "WH-2"]), st.integers(-5, 5), st.none()),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_invariant_holds_for_any_sequence_and_replays_change_nothing(seq) -> None:
+    led = Ledger({}, {})
+    for op, o, line, wh, n, extra in seq:
+        if op == "reserve":
+            before = (dict(led.levels), dict(led.holds))
+            r = led.reserve(f"o{o}", str(line), "SKU-A", wh, n, extra, f"t{o}")
+            after = (dict(led.levels), dict(led.holds))
+            # Applying the very same request again is a no-op.
+            r2 = led.reserve(f"o{o}", str(line), "SKU-A", wh, n, extra, f"t{o}")
+            assert (dict(led.levels), dict(led.holds)) == after
+            if r.outcome == "confirmed":
+                assert r2.outcome == "confirmed"
+            del before
+        elif op == "release":
+            led.release(f"o{o}", str(line))
+        elif op == "ship":
+            led.ship(f"o{o}", str(line))
+        elif op == "stock":
+            led.set_stock("SKU-A", wh, on_hand=n, safety=extra)
+        else:
+            led.set_stock("SKU-A", wh, delta=n)
+        for w in ("WH-1", "WH-2"):
+            on_hand, reserved, safety = led.level("SKU-A", w)
+            assert 0 <= reserved <= max(0, on_hand - safety), (w, led.level("SKU-A", w))
+            held = sum(h["q"] for h in led.holds.values() if h["w"] == w)
+            assert held == reserved, "reserved is exactly the sum of live holds"
