@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from .config import CHANNELS, Settings
 from .streams.topics import DLQ, ORDERS, RAW_TOPICS
@@ -57,15 +57,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+def end_offsets(bootstrap: str, topics: list[str], timeout: float = 30.0) -> dict[tuple[str, int], int]:
+    """End offset of every partition of ``topics`` (retrying while fresh topics elect leaders)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "peakroute-demo-probe"})
+    deadline = time.monotonic() + timeout
     try:
-        out = {}
-        for t in topics:
-            md = c.list_topics(t, timeout=10).topics[t]
-            for p in md.partitions:
-                out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-        return out
+        while True:
+            try:
+                out = {}
+                for t in topics:
+                    md = c.list_topics(t, timeout=10).topics[t]
+                    for p in md.partitions:
+                        out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                return out
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
@@ -185,7 +193,9 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
         say(f"▶ 4/5 simulated peak sale: {rate:.0f} new orders/s for {duration_s:.0f} s"
             + (" with a douyin ×5 and hot-SKU ×20 surge" if surge else ""))
         sim = PeakSaleSimulator(rate=rate, duration_s=duration_s, seed=seed, catalog=load_catalog(
-            settings.catalog_file or None), surge=parse_surge("default") if surge else None)
+            settings.catalog_file or None), surge=parse_surge("default") if surge else None,
+            # Unpaid orders lapse within the run so the demo shows expiries (channels use ~30 min).
+            pay_timeout_s=max(10, int(duration_s // 2)))
 
         def progress(s: object) -> None:
             print(f"\r  produced {getattr(s, 'delivered', 0):7d} payloads  {getattr(s, 'elapsed_s', 0):5.1f} s",
