@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "channel-samples"
+_SHARED = Path(__file__).resolve().parents[3] / "shared" / "channel-samples"
+SAMPLES = _SHARED if _SHARED.is_dir() else Path(__file__).resolve().parents[2] / "peakroute" / "data" / "samples"
 _rng = random.SystemRandom()
 
 

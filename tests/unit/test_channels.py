@@ -27,7 +27,9 @@ from peakroute.domain.channels import (
 )
 
 CHANNELS = ("tmall", "jd", "douyin", "wxmini")
-SAMPLES = Path(__file__).parents[2].parent / "shared" / "channel-samples"
+_SHARED = Path(__file__).parents[2].parent / "shared" / "channel-samples"
+# The project keeps a copy of the shared samples (checked equal in test_samples_copy.py).
+SAMPLES = _SHARED if _SHARED.is_dir() else Path(__file__).parents[2] / "peakroute" / "data" / "samples"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "channels"
 CATALOG = load_catalog()
 ISO_Z = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")

@@ -37,7 +37,8 @@ from peakroute.connectors.simulator import (
 from peakroute.domain.catalog import load_catalog
 from peakroute.streams.topics import raw_topic
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "channel-samples"
+_SHARED = Path(__file__).resolve().parents[3] / "shared" / "channel-samples"
+SAMPLES = _SHARED if _SHARED.is_dir() else Path(__file__).resolve().parents[2] / "peakroute" / "data" / "samples"
 CATALOG = load_catalog()
 RATE, DURATION = 150.0, 60.0
 
