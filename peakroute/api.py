@@ -1,12 +1,26 @@
-"""``peakroute api``: the stateless HTTP service (webhooks now; status and ops endpoints later)."""
+"""``peakroute api``: the stateless HTTP service — channel webhooks, order status, stock.
+
+- ``POST /channels/{channel}/orders`` — signed webhooks (see connectors/webhook.py)
+- ``GET /orders/{order_id}`` — "where is my order?": status, warehouse(s), timeline
+- ``GET /stock/{sku}`` — on hand, reserved, safety stock, available per warehouse
+- ``GET /healthz``
+
+Status and stock come from Redis projections kept fresh by the workers (within about a second).
+"""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
-from .config import Settings
+from .config import CHANNELS, Settings
 from .connectors import webhook
 from .connectors.sink import KafkaSink
+from .tables.redis_views import RedisViews
+
+ORDER_ID = re.compile(r"^(%s):[0-9A-Za-z_\-]{1,64}$" % "|".join(CHANNELS))
+SKU = re.compile(r"^[0-9A-Za-z_\-.]{1,64}$")
 
 
 def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
@@ -23,13 +37,51 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
 
     app.router.add_get("/healthz", health)
 
+    views = RedisViews(settings.redis_url)
+
+    async def order_status(request: web.Request) -> web.Response:
+        order_id = request.match_info["order_id"]
+        if not ORDER_ID.match(order_id):
+            return web.json_response({"error": "order id must look like '<channel>:<channel order id>', "
+                                               f"channel one of {', '.join(CHANNELS)}"}, status=400)
+        try:
+            doc = await views.order_status(order_id)
+        except Exception:  # noqa: BLE001
+            return web.json_response({"error": "status store unavailable, retry later"}, status=503)
+        if doc is None:
+            return web.json_response({"error": f"unknown order {order_id}"}, status=404)
+        return web.json_response(doc, dumps=_dumps)
+
+    async def stock(request: web.Request) -> web.Response:
+        sku = request.match_info["sku"]
+        if not SKU.match(sku):
+            return web.json_response({"error": "bad SKU code"}, status=400)
+        try:
+            per_wh = await views.stock_of(sku)
+        except Exception:  # noqa: BLE001
+            return web.json_response({"error": "stock store unavailable, retry later"}, status=503)
+        if not per_wh:
+            return web.json_response({"error": f"no stock known for {sku}"}, status=404)
+        total = {k: sum(v[k] for v in per_wh.values()) for k in ("on_hand", "reserved", "safety_stock", "available")}
+        return web.json_response({"sku": sku, "warehouses": per_wh, "total": total}, dumps=_dumps)
+
+    app.router.add_get("/orders/{order_id}", order_status)
+    app.router.add_get("/stock/{sku}", stock)
+
     async def close(_: web.Application) -> None:
         sink.close()
         if isinstance(guard, webhook.RedisReplayGuard):
             await guard.close()
+        await views.close()
 
     app.on_cleanup.append(close)
     return app
+
+
+def _dumps(obj: object) -> str:
+    import orjson
+
+    return orjson.dumps(obj).decode()
 
 
 def run_api(settings: Settings, port: int | None = None) -> None:

@@ -129,6 +129,53 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
                     surge=not args.no_surge, keep_running=args.keep_running)
 
 
+def _stock(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from .connectors.kafka import make_producer
+    from .connectors.stockload import generate_stock, load_messages, produce_inventory
+    from .domain.catalog import load_catalog
+    from .domain.network import load_network
+
+    if args.action == "generate":
+        try:
+            scarce = {k: int(v) for k, v in (item.split("=", 1) for item in args.scarce)}
+        except ValueError:
+            print("error: --scarce takes SKU=UNITS", file=sys.stderr)
+            return 2
+        for msg in generate_stock(load_catalog(settings.catalog_file or None),
+                                  load_network(settings.network_file or None),
+                                  seed=args.seed, units=args.units, scarce=scarce):
+            sys.stdout.buffer.write(orjson.dumps(msg) + b"\n")
+        return 0
+    if not args.target:
+        print(f"error: stock {args.action} needs a {'FILE' if args.action == 'load' else 'SKU'}", file=sys.stderr)
+        return 2
+    if args.action == "load":
+        n = produce_inventory(make_producer(settings), load_messages(args.target))
+        print(f"wrote {n} inventory messages to peakroute.inventory", file=sys.stderr)
+        return 0
+    import asyncio
+
+    from .tables.redis_views import RedisViews
+
+    async def show() -> dict:
+        views = RedisViews(settings.redis_url)
+        try:
+            return await views.stock_of(args.target)
+        finally:
+            await views.close()
+
+    rows = asyncio.run(show())
+    if not rows:
+        print(f"no stock known for {args.target}", file=sys.stderr)
+        return 1
+    print(f"{'warehouse':14} {'on_hand':>8} {'reserved':>9} {'safety':>7} {'available':>10}")
+    for wh, r in rows.items():
+        print(f"{wh:14} {r['on_hand']:>8} {r['reserved']:>9} {r['safety_stock']:>7} {r['available']:>10}")
+    return 0
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     for var, value, _help in settings.describe():
         print(f"{var}={value}")
@@ -160,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="warning", help="faust log level (default warning)")
     w.set_defaults(func=_worker)
 
-    a = sub.add_parser("api", help="run the HTTP service (channel webhooks)",
+    a = sub.add_parser("api", help="run the HTTP service (webhooks, order status, stock)",
                        description="Run the stateless HTTP service: POST /channels/{channel}/orders "
-                                   "(HMAC-signed webhooks), GET /healthz.")
+                                   "(HMAC-signed webhooks), GET /orders/{order_id} (status, warehouses, "
+                                   "timeline), GET /stock/{sku}, GET /healthz.")
     a.add_argument("--port", type=int, default=None, help="listen port (default PEAKROUTE_HTTP_PORT, 8080)")
     a.set_defaults(func=_api)
 
@@ -200,6 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep-running", action="store_true", help="leave worker and stack running afterwards")
     d.set_defaults(func=_demo)
 
+    st = sub.add_parser("stock", help="seed, load or show stock",
+                        description="Stock goes in through peakroute.inventory, like a WMS snapshot: "
+                                    "`load FILE` (JSON array or JSON lines of inventory messages), "
+                                    "`generate` (print a consistent initial stock for the catalog and network), "
+                                    "`show SKU` (the stock view: on hand, reserved, available per warehouse).")
+    st.add_argument("action", choices=["load", "generate", "show"])
+    st.add_argument("target", nargs="?", help="FILE for load, SKU for show")
+    st.add_argument("--units", type=int, default=2000, help="generate: typical units per SKU and warehouse")
+    st.add_argument("--scarce", action="append", default=[], metavar="SKU=UNITS",
+                    help="generate: cap a SKU's total units (repeatable)")
+    st.add_argument("--seed", type=int, default=11)
+    st.set_defaults(func=_stock)
+
     c = sub.add_parser("config", help="show the effective configuration (secrets hidden)")
     c.set_defaults(func=_config)
     return p
@@ -211,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except BrokenPipeError:  # e.g. `peakroute stock generate | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class Settings:
     webhook_tolerance_s: int = 300
     #: SKU catalog file (JSON).  Empty means the catalog shipped with the project.
     catalog_file: str = ""
+    #: Warehouse network + priority rules (TOML).  Empty means ``peakroute/data/network.toml``.
+    network_file: str = ""
     #: Log level of PeakRoute's own loggers.
     log_level: str = "INFO"
     #: ``text`` (human-readable) or ``json`` (one JSON object per line, for log shippers).

@@ -29,6 +29,11 @@ REJECTION_CODES: tuple[str, ...] = (
     "bad_province",     # ship-to province names no Chinese provincial-level division
     "channel_error",    # the channel's response wrapper reports an error (code/errcode != success)
 )
+#: Extra codes for inventory messages (peakroute.inventory); the others above apply too.
+INVENTORY_REJECTION_CODES: tuple[str, ...] = (
+    "unknown_warehouse",  # warehouse code not in the network
+    "bad_type",           # unknown inventory message type
+)
 
 
 class Rejection(Exception):

@@ -35,14 +35,15 @@ class Hold:
     qty: int
     attempt: int
     paid_at: str  #: eviction order on oversell: the most recently paid goes first
+    reply_to: int = -1  #: partition of the order's owner (where news about this hold is sent)
 
     def to_dict(self) -> dict:
         return {"o": self.order_id, "l": self.line_id, "s": self.sku, "w": self.warehouse, "q": self.qty,
-                "a": self.attempt, "p": self.paid_at}
+                "a": self.attempt, "p": self.paid_at, "r": self.reply_to}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Hold":
-        return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"])
+        return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"], d.get("r", -1))
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Ledger:
 
     # -- reservations --------------------------------------------------------------------------
     def reserve(self, order_id: str, line_id: str, sku: str, warehouse: str, qty: int, attempt: int,
-                paid_at: str) -> ReserveResult:
+                paid_at: str, reply_to: int = -1) -> ReserveResult:
         """Hold ``qty`` units for (order, line) at ``warehouse``, all or nothing; idempotent."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
@@ -91,7 +92,7 @@ class Ledger:
         if qty <= 0 or on_hand - reserved - safety < qty:
             return ReserveResult("refused", on_hand - reserved - safety)
         self._put(sku, warehouse, on_hand, reserved + qty, safety)
-        self.holds[key] = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at).to_dict()
+        self.holds[key] = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at, reply_to).to_dict()
         return ReserveResult("confirmed", on_hand - reserved - qty - safety)
 
     def release(self, order_id: str, line_id: str, attempt: int | None = None) -> Hold | None:
@@ -146,3 +147,45 @@ class Ledger:
             self.release(held.order_id, held.line_id)
             evicted.append(held)
         return evicted
+
+
+def apply_ops(ledger: Ledger, ops: list[dict]) -> tuple[list[dict], set[tuple[str, str]]]:
+    """Apply a batch of stock operations in order; return (replies, touched (sku, warehouse) pairs).
+
+    Operations: ``reserve`` / ``release`` (from order owners), ``ship`` (WMS confirmed a shipment),
+    ``stock`` (on-hand snapshot or delta, safety stock).  A reply goes to ``reply_to``, the partition
+    of the order's owner.
+    """
+    replies: list[dict] = []
+    touched: set[tuple[str, str]] = set()
+    for op in ops:
+        kind = op["op"]
+        if kind == "reserve":
+            r = ledger.reserve(op["order_id"], op["line_id"], op["sku"], op["warehouse"], int(op["qty"]),
+                               int(op["attempt"]), op.get("paid_at", ""), int(op.get("reply_to", -1)))
+            touched.add((op["sku"], op["warehouse"]))
+            replies.append({"outcome": r.outcome, "order_id": op["order_id"], "line_id": op["line_id"],
+                            "sku": op["sku"], "warehouse": op["warehouse"], "attempt": op["attempt"],
+                            "qty": op["qty"], "available": r.available, "reply_to": op.get("reply_to", -1)})
+        elif kind == "release":
+            held = ledger.release(op["order_id"], op["line_id"], op.get("attempt"))
+            if held:
+                touched.add((held.sku, held.warehouse))
+        elif kind == "ship":
+            held = ledger.ship(op["order_id"], op["line_id"])
+            if held:
+                touched.add((held.sku, held.warehouse))
+                replies.append({"outcome": "shipped", "order_id": held.order_id, "line_id": held.line_id,
+                                "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
+                                "qty": held.qty, "reply_to": held.reply_to})
+        elif kind == "stock":
+            evicted = ledger.set_stock(op["sku"], op["warehouse"], on_hand=op.get("on_hand"),
+                                       safety=op.get("safety"), delta=int(op.get("delta", 0)))
+            touched.add((op["sku"], op["warehouse"]))
+            for held in evicted:
+                replies.append({"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id,
+                                "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
+                                "qty": held.qty, "reply_to": held.reply_to})
+        else:
+            raise ValueError(f"unknown stock operation {kind!r}")
+    return replies, touched

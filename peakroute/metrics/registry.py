@@ -35,3 +35,15 @@ def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 = don't serve)."""
     if port:
         start_http_server(port, addr="0.0.0.0")
+
+RESERVATIONS = Counter(
+    "peakroute_reservation_replies_total",
+    "SKU owners' answers: confirmed, refused, stale, shipped, evicted (oversold)", ["outcome"])
+OVERSOLD_UNITS = Counter(
+    "peakroute_oversold_units_total",
+    "Units whose reservation was evicted because on-hand fell below what was reserved")
+ORDER_EVENTS = Counter(
+    "peakroute_order_events_total", "Order status changes written to peakroute.order-events", ["event"])
+FULFILLMENT_REQUESTS = Counter(
+    "peakroute_fulfillment_requests_total", "Shipment and cancel requests sent to warehouses",
+    ["warehouse", "type"])

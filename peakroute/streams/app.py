@@ -1,21 +1,33 @@
 """The stream pipeline, declared in one place.
 
-    peakroute.raw.{tmall,jd,douyin,wxmini} ──normalize──▶ peakroute.orders   (canonical, key order_id)
-                                              └─────────▶ peakroute.dlq      (rejections, with bytes)
-    table order-versions (order_id → last emitted state), co-partitioned with the raw topics
+    peakroute.raw.{tmall,jd,douyin,wxmini}
+        │ normalize     (table order-versions: order_id → last emitted state; drops re-sends)
+        ├──▶ peakroute.dlq                         rejections, with the original bytes
+        ▼
+    peakroute.orders  (key order_id)
+        │ fulfillment   (table order-state, by order: plan → reserve → route / compensate)
+        │   ▲  reservation replies, batched per order partition
+        ▼   │
+    peakroute.internal.stock-ops  ◀── inventory ◀── peakroute.inventory (WMS: snapshots, deltas, shipments)
+        │ stock         (tables stock-levels, stock-holds, by SKU: the only place a unit is promised)
+        └──▶ peakroute.internal.stock-replies
+    fulfillment ──▶ peakroute.fulfillment.<warehouse>   shipment / cancel requests for the WMS
+                └─▶ peakroute.order-events ──▶ order-status projection (Redis) ──▶ GET /orders/{id}
 
-Later stages (reservation, routing, breaker) hang off ``peakroute.orders``.
+Every stream topic has the same partition count, so faust co-partitions each table with its inputs.
 """
 
 from __future__ import annotations
 
 import faust
 
-from ..agents import normalize
+from ..agents import fulfillment, inventory, normalize, projection, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
+from ..domain.network import load_network
+from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
-from .topics import DLQ, ORDERS, RAW_TOPICS
+from .topics import DLQ, INVENTORY, ORDER_EVENTS, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -39,12 +51,31 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
     )
     n = settings.partitions
-    raw = app.topic(*RAW_TOPICS, key_type=bytes, value_type=bytes, partitions=n)
-    orders = app.topic(ORDERS, key_type=bytes, value_type=bytes, partitions=n)
-    dlq = app.topic(DLQ, key_type=bytes, value_type=bytes, partitions=n)
-    json_schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
-    versions = app.Table("order-versions", default=None, partitions=n, schema=json_schema,
-                         help="order_id -> last emitted canonical state (dedup)")
-    normalize.register(app, raw=raw, orders=orders, dlq=dlq, versions=versions,
-                       catalog=load_catalog(settings.catalog_file or None))
+    catalog = load_catalog(settings.catalog_file or None)
+    network = load_network(settings.network_file or None)
+    views = RedisViews(settings.redis_url)
+
+    def topic(*names: str) -> faust.TopicT:
+        return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
+
+    def table(name: str, help: str) -> faust.TableT:
+        schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
+        return app.Table(name, default=None, partitions=n, schema=schema, help=help)
+
+    dlq = topic(DLQ)
+    stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
+    order_events = topic(ORDER_EVENTS)
+
+    normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
+                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"))
+    fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), stock_ops=stock_ops,
+                         replies=stock_replies, order_events=order_events, dlq=dlq,
+                         state_table=table("order-state", "order_id -> routing state"),
+                         network=network, catalog=catalog, views=views, partitions=n)
+    stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
+                   levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
+                   holds=table("stock-holds", "order_id|line_id -> reservation"))
+    inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,
+                       warehouses={w.code for w in network.warehouses}, partitions=n)
+    projection.register(app, order_events=order_events, views=views)
     return app

@@ -18,6 +18,14 @@ FULFILLMENT_PREFIX = "peakroute.fulfillment."
 ORDER_EVENTS = "peakroute.order-events"
 REVIEW = "peakroute.review"
 AUDIT = "peakroute.audit"
+# Internal (not a contract): fat batches between the order owner and the SKU owner.
+STOCK_OPS = "peakroute.internal.stock-ops"
+STOCK_REPLIES = "peakroute.internal.stock-replies"
+
+
+def fulfillment_topic(warehouse: str) -> str:
+    """``peakroute.fulfillment.<warehouse>``: shipment and cancel requests for one warehouse's WMS."""
+    return FULFILLMENT_PREFIX + warehouse
 
 
 def raw_topic(channel: str) -> str:
@@ -36,7 +44,11 @@ def topic_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821 - import
     """
     from ..stack import TopicSpec
 
+    from ..domain.network import load_network
+
     n = settings.partitions
     specs = [TopicSpec(t, n) for t in RAW_TOPICS]
-    specs += [TopicSpec(ORDERS, n), TopicSpec(DLQ, n)]
+    specs += [TopicSpec(t, n) for t in (ORDERS, DLQ, INVENTORY, ORDER_EVENTS, STOCK_OPS, STOCK_REPLIES)]
+    specs += [TopicSpec(fulfillment_topic(w.code), n)
+              for w in load_network(settings.network_file or None).warehouses]
     return specs

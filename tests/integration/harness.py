@@ -89,7 +89,13 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], boo
                 continue
             if msg.error():
                 continue
-            value = orjson.loads(msg.value()) if msg.value() else {}
+            try:
+                value = orjson.loads(msg.value()) if msg.value() else {}
+            except orjson.JSONDecodeError:
+                value = {}
+            if not isinstance(value, dict):
+                value = {"_value": value}
+            value["_raw"] = msg.value()
             value["_key"] = msg.key().decode() if msg.key() else None
             value["_partition"], value["_offset"] = msg.partition(), msg.offset()
             if keep(value):

@@ -1,0 +1,262 @@
+"""The order side of reservation: one order's life from canonical order to routed shipments.
+
+A pure state machine.  Each input — a new canonical order state, a reply from a SKU owner, an expiry
+tick — gives a new order state plus *effects* for the agent to carry out: stock operations for the
+SKU owners, shipment / cancel requests for warehouses, order events.  The order never touches stock
+itself: it proposes a plan (from a possibly stale view of stock), each line's SKU owner confirms or
+refuses, and the order either routes (all lines confirmed) or compensates — releases exactly what
+was confirmed — and re-plans, a bounded number of times, before backordering.
+
+Attempts number the plans.  Every stock operation and every reply carries the attempt, so a reply
+to an old plan can never be mistaken for one to the current plan; a confirmation nobody wants any
+more (old attempt, or the order was cancelled meanwhile) is released at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from .catalog import Catalog
+from .network import Network
+from .routing import LineNeed, Plan, plan_order
+
+#: Order states (``state["status"]``) — the router's view, not the channel's.
+WAITING = "waiting"  # known, nothing to reserve yet (unpaid and reserve-on-payment, or on hold)
+RESERVING = "reserving"
+ROUTED = "routed"
+BACKORDERED = "backordered"
+CANCELLED = "cancelled"
+SHIPPED = "shipped"
+HELD = "held"  # held for review by the surge breaker (later stage)
+
+
+@dataclass
+class Effects:
+    """What the agent must do after a transition, in this order."""
+
+    stock_ops: list[dict[str, Any]] = field(default_factory=list)  # each has "sku"
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (warehouse, request)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    oversold_units: int = 0
+
+    def extend(self, other: "Effects") -> None:
+        self.stock_ops += other.stock_ops
+        self.requests += other.requests
+        self.events += other.events
+        self.oversold_units += other.oversold_units
+
+
+@dataclass(frozen=True)
+class StockView:
+    """What the planner may know: units available (possibly stale) and warehouse capacity left."""
+
+    available: Callable[[str, str], int]
+    capacity_left: Callable[[str], int]
+
+
+def _event(order_id: str, kind: str, now: str, **detail: Any) -> dict[str, Any]:
+    return {"order_id": order_id, "event": kind, "at": now, **detail}
+
+
+class OrderRouter:
+    """Transitions of one order's state (a JSON-able dict kept in a changelog-backed table)."""
+
+    def __init__(self, network: Network, catalog: Catalog) -> None:
+        self.network = network
+        self.catalog = catalog
+        self.warehouses = network.by_code()
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def on_order(self, state: dict | None, order: dict, view: StockView, now: str) -> tuple[dict, Effects]:
+        """A new canonical state of the order arrived (already deduplicated upstream)."""
+        fx = Effects()
+        oid = order["order_id"]
+        status = order["status"]
+        if state is None:
+            state = {"order_id": oid, "status": WAITING, "attempt": 0, "order": order, "holds": {},
+                     "replies": {}, "plan": [], "sent": [], "shipped": []}
+            fx.events.append(_event(oid, "accepted", now, channel=order["channel"], channel_status=status))
+        elif state["status"] == CANCELLED:
+            return state, fx  # nothing reopens a cancelled order
+        else:
+            state = {**state, "order": order}
+        if status == "cancelled":
+            return self._cancel(state, now, "channel_cancelled", fx)
+        if status == "on_hold":
+            if state["status"] in (RESERVING, ROUTED):
+                state, more = self._unwind(state, now, "on_hold")
+                fx.extend(more)
+            if state["status"] != WAITING:
+                state["status"] = WAITING
+            fx.events.append(_event(oid, "on_hold", now))
+            return state, fx
+        wants_stock = status == "paid" or (status == "pending_payment" and order.get("reserve_on") == "order")
+        if wants_stock and state["status"] in (WAITING, BACKORDERED):
+            state, more = self._start_attempt(state, view, now)
+            fx.extend(more)
+        elif status in ("shipped", "completed") and state["status"] not in (SHIPPED,):
+            fx.events.append(_event(oid, "channel_" + status, now))
+        return state, fx
+
+    def on_reply(self, state: dict | None, reply: dict, view: StockView, now: str) -> tuple[dict | None, Effects]:
+        """A SKU owner's answer about one line: confirmed / refused / stale / evicted / shipped."""
+        fx = Effects()
+        outcome, line_id, attempt = reply["outcome"], reply["line_id"], reply["attempt"]
+        current = state is not None and state["status"] == RESERVING and attempt == state["attempt"]
+        if outcome == "confirmed" and not current:
+            held_here = state is not None and state["holds"].get(line_id) == [reply["warehouse"], attempt] \
+                and state["status"] == ROUTED
+            if not held_here:  # a confirmation nobody wants: give the units back
+                fx.stock_ops.append(self._op("release", reply["order_id"], line_id, reply["sku"], attempt=attempt))
+            return state, fx
+        if state is None:
+            return state, fx
+        oid = state["order_id"]
+        if outcome == "shipped":
+            if line_id not in state["shipped"]:
+                state = {**state, "shipped": [*state["shipped"], line_id]}
+                state["holds"] = {k: v for k, v in state["holds"].items() if k != line_id}
+                fx.events.append(_event(oid, "line_shipped", now, line_id=line_id, warehouse=reply["warehouse"]))
+                if not state["holds"] and state["status"] == ROUTED:
+                    state["status"] = SHIPPED
+                    fx.events.append(_event(oid, "shipped", now))
+            return state, fx
+        if outcome == "evicted":
+            if state["holds"].get(line_id) != [reply["warehouse"], attempt]:
+                return state, fx
+            state = {**state, "holds": {k: v for k, v in state["holds"].items() if k != line_id}}
+            fx.oversold_units += int(reply.get("qty", 0))
+            fx.events.append(_event(oid, "oversold", now, line_id=line_id, warehouse=reply["warehouse"],
+                                    qty=reply.get("qty", 0)))
+            state, more = self._unwind(state, now, "oversold")
+            fx.extend(more)
+            state, more = self._start_attempt(state, view, now)
+            fx.extend(more)
+            return state, fx
+        if not current:
+            return state, fx
+        if line_id in state["replies"]:
+            return state, fx  # duplicate reply (re-delivery)
+        state = {**state, "replies": {**state["replies"], line_id: outcome}}
+        if outcome == "confirmed":
+            state["holds"] = {**state["holds"], line_id: [reply["warehouse"], attempt]}
+        planned = {lid for _, lids in state["plan"] for lid in lids}
+        if not planned <= set(state["replies"]):
+            return state, fx
+        if all(state["replies"][lid] == "confirmed" for lid in planned):
+            return self._route(state, now, fx)
+        # Some line was refused: release what this attempt holds, then re-plan with a fresher view.
+        fx.events.append(_event(oid, "reservation_conflict", now, attempt=attempt,
+                                refused=sorted(lid for lid in planned if state["replies"][lid] != "confirmed")))
+        state, more = self._release_holds(state, now, "conflict")
+        fx.extend(more)
+        state, more = self._start_attempt(state, view, now)
+        fx.extend(more)
+        return state, fx
+
+    def on_expiry(self, state: dict, now: str) -> tuple[dict, Effects]:
+        """An unpaid order that took stock at order time lapsed without payment."""
+        fx = Effects()
+        order = state["order"]
+        if order["status"] != "pending_payment" or state["status"] in (CANCELLED, SHIPPED):
+            return state, fx
+        return self._cancel(state, now, "unpaid_expired", fx)
+
+    # -- transitions -----------------------------------------------------------------------------
+    def _needs(self, order: dict) -> list[LineNeed]:
+        return [LineNeed(line["line_id"], line["sku"], int(line["qty"]), bool(line["gift"])) for line in order["lines"]]
+
+    def _start_attempt(self, state: dict, view: StockView, now: str) -> tuple[dict, Effects]:
+        fx = Effects()
+        order = state["order"]
+        oid = order["order_id"]
+        attempt = state["attempt"] + 1
+        if attempt > self.network.max_attempts:
+            return self._backorder(state, now, "reservation_conflicts", fx)
+        plan: Plan = plan_order(self._needs(order), channel=order["channel"],
+                                province_code=order["ship_to"]["province_code"], network=self.network,
+                                available=view.available, capacity_left=view.capacity_left)
+        if not plan.routable:
+            state = {**state, "attempt": attempt}
+            return self._backorder(state, now, plan.backorder_reason or "insufficient_stock", fx)
+        lines = {line["line_id"]: line for line in order["lines"]}
+        state = {**state, "status": RESERVING, "attempt": attempt, "replies": {},
+                 "plan": [[s.warehouse, list(s.line_ids)] for s in plan.shipments],
+                 "omitted_gifts": list(plan.omitted_gifts)}
+        for wh, lids in state["plan"]:
+            for lid in lids:
+                line = lines[lid]
+                fx.stock_ops.append(self._op("reserve", oid, lid, line["sku"], attempt=attempt, warehouse=wh,
+                                             qty=int(line["qty"]), paid_at=order.get("paid_at") or order["created_at"]))
+        return state, fx
+
+    def _route(self, state: dict, now: str, fx: Effects) -> tuple[dict, Effects]:
+        order = state["order"]
+        oid = order["order_id"]
+        lines = {line["line_id"]: line for line in order["lines"]}
+        categories = {(self.catalog.get(line["sku"]).category if self.catalog.get(line["sku"]) else "general")
+                      for line in order["lines"]}
+        priority = self.network.priority(urgent=bool(order.get("urgent")), payment_fen=int(order["payment_fen"]),
+                                         categories=categories)
+        paid = datetime.fromisoformat((order.get("paid_at") or order["created_at"]).replace("Z", "+00:00"))
+        sent = []
+        n = len(state["plan"])
+        for i, (wh, lids) in enumerate(state["plan"]):
+            shipment_id = f"{oid}/{wh}/{state['attempt']}"
+            ship_by = self.warehouses[wh].ship_by(paid).strftime("%Y-%m-%dT%H:%M:%SZ")
+            fx.requests.append((wh, {
+                "type": "shipment_request", "shipment_id": shipment_id, "order_id": oid,
+                "channel": order["channel"], "channel_order_id": order["channel_order_id"], "warehouse": wh,
+                "lines": [{"line_id": lid, "sku": lines[lid]["sku"], "qty": lines[lid]["qty"],
+                           "gift": lines[lid]["gift"]} for lid in lids],
+                "priority": priority, "urgent": bool(order.get("urgent")), "ship_by": ship_by,
+                "ship_to": order["ship_to"], "shipment": i + 1, "shipments": n, "requested_at": now,
+            }))
+            sent.append([wh, shipment_id])
+        state = {**state, "status": ROUTED, "sent": sent, "priority": priority}
+        whs = [wh for wh, _ in state["plan"]]
+        fx.events.append(_event(oid, "reserved", now, attempt=state["attempt"],
+                                holds={lid: v[0] for lid, v in state["holds"].items()}))
+        fx.events.append(_event(oid, "split" if n > 1 else "routed", now, warehouses=whs, priority=priority,
+                                omitted_gifts=state.get("omitted_gifts", [])))
+        return state, fx
+
+    def _backorder(self, state: dict, now: str, reason: str, fx: Effects) -> tuple[dict, Effects]:
+        state = {**state, "status": BACKORDERED, "plan": [], "replies": {}}
+        fx.events.append(_event(state["order_id"], "backordered", now, reason=reason))
+        return state, fx
+
+    def _release_holds(self, state: dict, now: str, reason: str) -> tuple[dict, Effects]:
+        fx = Effects()
+        lines = {line["line_id"]: line for line in state["order"]["lines"]}
+        for lid, (wh, attempt) in sorted(state["holds"].items()):
+            fx.stock_ops.append(self._op("release", state["order_id"], lid, lines[lid]["sku"], attempt=attempt))
+        if state["holds"]:
+            fx.events.append(_event(state["order_id"], "released", now, reason=reason, lines=sorted(state["holds"])))
+        return {**state, "holds": {}}, fx
+
+    def _unwind(self, state: dict, now: str, reason: str) -> tuple[dict, Effects]:
+        """Take back shipment requests already sent and release every hold."""
+        fx = Effects()
+        for wh, shipment_id in state["sent"]:
+            fx.requests.append((wh, {"type": "cancel_request", "shipment_id": shipment_id,
+                                     "order_id": state["order_id"], "warehouse": wh, "reason": reason,
+                                     "requested_at": now}))
+        state, more = self._release_holds({**state, "sent": []}, now, reason)
+        fx.extend(more)
+        return state, fx
+
+    def _cancel(self, state: dict, now: str, reason: str, fx: Effects) -> tuple[dict, Effects]:
+        if state["status"] == CANCELLED:
+            return state, fx
+        state, more = self._unwind(state, now, reason)
+        fx.extend(more)
+        state = {**state, "status": CANCELLED, "plan": [], "replies": {}}
+        fx.events.append(_event(state["order_id"], "cancelled", now, reason=reason))
+        return state, fx
+
+    @staticmethod
+    def _op(op: str, order_id: str, line_id: str, sku: str, **kw: Any) -> dict[str, Any]:
+        return {"op": op, "order_id": order_id, "line_id": line_id, "sku": sku, **kw}

@@ -1,0 +1,147 @@
+"""Read-only projections in Redis, shared by every worker and the api.
+
+- ``peakroute:stock:<sku>`` hash, field = warehouse, value = "on_hand reserved safety": written by
+  the SKU's owner after each batch; read by order planners (to pick a warehouse) and ``GET /stock``.
+  A projection, never the truth: the SKU owner's table decides every reservation, so a stale view
+  costs a re-plan, never an oversell.
+- ``peakroute:capacity:<yyyy-mm-dd>:<warehouse>`` set of order ids routed there that day (SADD is
+  idempotent under re-delivery; SCARD is the count).
+- ``peakroute:order:<order_id>`` hash (status, warehouses, …) and ``peakroute:order:<order_id>:timeline``
+  hash (one field per distinct event): the "where is my order?" projection of ``peakroute.order-events``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+import orjson
+import redis.asyncio as aioredis
+
+log = logging.getLogger("peakroute.views")
+BEIJING = timezone(timedelta(hours=8))
+#: Used when Redis cannot be read: plan optimistically, the SKU owner still decides.
+UNKNOWN_AVAILABLE = 1 << 30
+ORDER_TTL_S = 30 * 24 * 3600
+
+
+def stock_key(sku: str) -> str:
+    return f"peakroute:stock:{sku}"
+
+
+def capacity_key(day: str, warehouse: str) -> str:
+    return f"peakroute:capacity:{day}:{warehouse}"
+
+
+def business_day(now: float | None = None) -> str:
+    """Warehouses count capacity per Beijing calendar day."""
+    return datetime.fromtimestamp(time.time() if now is None else now, BEIJING).strftime("%Y-%m-%d")
+
+
+class RedisViews:
+    def __init__(self, redis_url: str) -> None:
+        self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._capacity_cache: dict[str, tuple[float, int]] = {}
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- stock ---------------------------------------------------------------------------------
+    async def publish_stock(self, levels: Iterable[tuple[str, str, tuple[int, int, int]]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        for sku, wh, (on_hand, reserved, safety) in levels:
+            pipe.hset(stock_key(sku), wh, f"{on_hand} {reserved} {safety}")
+            n += 1
+        if n:
+            await pipe.execute()
+
+    async def available(self, skus: Iterable[str]) -> dict[tuple[str, str], int]:
+        """(sku, warehouse) → units available per the view; missing pairs mean 0."""
+        skus = list(dict.fromkeys(skus))
+        pipe = self.redis.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hgetall(stock_key(sku))
+        out: dict[tuple[str, str], int] = {}
+        for sku, fields in zip(skus, await pipe.execute()):
+            for wh, val in fields.items():
+                on_hand, reserved, safety = (int(x) for x in val.split())
+                out[(sku, wh.decode())] = on_hand - reserved - safety
+        return out
+
+    async def stock_of(self, sku: str) -> dict[str, dict[str, int]]:
+        fields = await self.redis.hgetall(stock_key(sku))
+        out = {}
+        for wh, val in sorted(fields.items()):
+            on_hand, reserved, safety = (int(x) for x in val.split())
+            out[wh.decode()] = {"on_hand": on_hand, "reserved": reserved, "safety_stock": safety,
+                                "available": on_hand - reserved - safety}
+        return out
+
+    # -- capacity ------------------------------------------------------------------------------
+    async def claim_capacity(self, warehouse: str, order_id: str, day: str | None = None) -> None:
+        key = capacity_key(day or business_day(), warehouse)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(key, order_id)
+        pipe.expire(key, 3 * 24 * 3600)
+        await pipe.execute()
+
+    async def capacity_used(self, warehouses: Iterable[str], max_age_s: float = 1.0) -> dict[str, int]:
+        """Orders routed today per warehouse (cached for ``max_age_s``: capacity is a soft limit)."""
+        now = time.monotonic()
+        day = business_day()
+        stale = [w for w in warehouses if now - self._capacity_cache.get(w, (0.0, 0))[0] > max_age_s]
+        if stale:
+            pipe = self.redis.pipeline(transaction=False)
+            for w in stale:
+                pipe.scard(capacity_key(day, w))
+            for w, n in zip(stale, await pipe.execute()):
+                self._capacity_cache[w] = (now, int(n))
+        return {w: self._capacity_cache.get(w, (0.0, 0))[1] for w in warehouses}
+
+    # -- order status --------------------------------------------------------------------------
+    async def project_events(self, events: list[dict[str, Any]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for ev in events:
+            oid = ev["order_id"]
+            key = f"peakroute:order:{oid}"
+            status = EVENT_STATUS.get(ev["event"])
+            fields: dict[str, Any] = {"order_id": oid, "updated_at": ev["at"]}
+            if status:
+                fields["status"] = status
+            if ev.get("warehouses"):
+                fields["warehouses"] = orjson.dumps(ev["warehouses"])
+            if ev.get("channel"):
+                fields["channel"] = ev["channel"]
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ORDER_TTL_S)
+            ident = f"{ev['event']}|{ev.get('attempt', '')}|{ev.get('line_id', '')}|{ev.get('reason', '')}"
+            pipe.hsetnx(key + ":timeline", ident, orjson.dumps(ev))
+            pipe.expire(key + ":timeline", ORDER_TTL_S)
+        if events:
+            await pipe.execute()
+
+    async def order_status(self, order_id: str) -> dict[str, Any] | None:
+        key = f"peakroute:order:{order_id}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(key)
+        pipe.hvals(key + ":timeline")
+        head, timeline = await pipe.execute()
+        if not head:
+            return None
+        doc: dict[str, Any] = {k.decode(): v.decode() for k, v in head.items()}
+        if "warehouses" in doc:
+            doc["warehouses"] = orjson.loads(doc["warehouses"])
+        doc["timeline"] = sorted((orjson.loads(t) for t in timeline), key=lambda e: e["at"])
+        return doc
+
+
+#: Order event → the status "where is my order?" shows.
+EVENT_STATUS = {
+    "accepted": "accepted", "on_hold": "on_hold", "reserved": "reserved", "routed": "routed",
+    "split": "routed_split", "backordered": "backordered", "cancelled": "cancelled", "released": None,
+    "reservation_conflict": None, "oversold": "oversold_rerouting", "line_shipped": "partly_shipped",
+    "shipped": "shipped", "channel_shipped": None, "channel_completed": None, "held": "held_for_review",
+}
