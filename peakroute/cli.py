@@ -47,7 +47,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     serve(args.metrics_port)
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    from .logs import logging_config
+
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True,
+                          logging_config=logging_config(settings.log_level, settings.log_format, args.loglevel))
     worker.execute_from_commandline()
     return 0
 
@@ -242,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job end to end: start the local stack, a worker and the "
                                    "api, run a simulated Double-11 peak, then print what happened.")
     d.add_argument("--duration", type=float, default=60.0, help="seconds of simulated traffic (default 60)")
-    d.add_argument("--rate", type=float, default=300.0, help="new orders per second (default 300)")
+    d.add_argument("--rate", type=float, default=150.0, help="new orders per second (default 150)")
     d.add_argument("--seed", type=int, default=11)
     d.add_argument("--no-surge", action="store_true", help="no douyin/hot-SKU surge")
     d.add_argument("--keep-running", action="store_true", help="leave worker and stack running afterwards")

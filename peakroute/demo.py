@@ -79,29 +79,20 @@ def end_offsets(bootstrap: str, topics: list[str], timeout: float = 30.0) -> dic
 
 
 def committed(bootstrap: str, group: str, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (0 where none yet; retried while the coordinator moves)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        res = c.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in res}
+        for attempt in range(20):
+            try:
+                res = c.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+                return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in res}
+            except KafkaException:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
+        return {}
     finally:
         c.close()
-
-
-def wait_caught_up(settings: Settings, worker: subprocess.Popen, timeout: float = 180) -> float:
-    """Wait until the worker's committed offsets reach the raw topics' ends; return seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if worker.poll() is not None:
-            raise RuntimeError("worker exited; see its log")
-        ends = end_offsets(settings.kafka_bootstrap, list(RAW_TOPICS))
-        done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
-        lag = sum(ends[tp] - done.get(tp, 0) for tp in ends)
-        print(f"\r  worker catching up: lag {lag:7d} raw messages", end="", file=sys.stderr, flush=True)
-        if lag == 0:
-            print(file=sys.stderr)
-            return time.monotonic() - started
-        time.sleep(1)
-    raise RuntimeError(f"worker did not catch up within {timeout:.0f} s")
 
 
 def read_range(bootstrap: str, start: dict[tuple[str, int], int], end: dict[tuple[str, int], int]) -> list[tuple[int, dict]]:
@@ -163,96 +154,208 @@ def _webhook_showcase(settings: Settings) -> list[str]:
     return lines
 
 
+def wait_idle(settings: Settings, worker: subprocess.Popen, topics: list[str], timeout: float = 180) -> float:
+    """Wait until the worker's group has committed everything on ``topics``; return seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if worker.poll() is not None:
+            raise RuntimeError("worker exited; see its log")
+        ends = end_offsets(settings.kafka_bootstrap, topics)
+        done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
+        lag = sum(ends[tp] - done.get(tp, 0) for tp in ends)
+        print(f"\r  worker catching up: lag {lag:7d} messages   ", end="", file=sys.stderr, flush=True)
+        if lag == 0:
+            print(file=sys.stderr)
+            return time.monotonic() - started
+        time.sleep(1)
+    raise RuntimeError(f"worker did not catch up within {timeout:.0f} s")
+
+
 def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, surge: bool,
              keep_running: bool) -> int:
     from .connectors.kafka import make_producer
     from .connectors.simulator import PeakSaleSimulator, parse_surge, run_simulation
+    from .connectors.stockload import generate_stock, produce_inventory
     from .domain.catalog import load_catalog
+    from .domain.network import load_network
     from .stack import LocalStack, StackError
-    from .streams.topics import topic_specs
+    from .streams.topics import INVENTORY, ORDER_EVENTS, STOCK_OPS, STOCK_REPLIES, fulfillment_topic, topic_specs
 
     if not settings.webhook_secrets:  # demo-only secrets, generated per run, never printed
         settings = replace(settings, webhook_secrets={ch: secrets.token_hex(16) for ch in CHANNELS})
-    say("▶ 1/5 local stack (real Kafka + Redis)")
+    catalog = load_catalog(settings.catalog_file or None)
+    network = load_network(settings.network_file or None)
+    say("▶ 1/6 local stack (real Kafka + Redis)")
     try:
         LocalStack(settings, log=lambda s: say("  " + s)).up(topic_specs(settings))
     except StackError as exc:
         say(f"error: {exc}")
         return 1
-    watch = [ORDERS, DLQ]
+    wh_topics = [fulfillment_topic(w.code) for w in network.warehouses]
+    watch = [ORDERS, DLQ, ORDER_EVENTS, *RAW_TOPICS]
     start = end_offsets(settings.kafka_bootstrap, watch)
 
-    say("▶ 2/5 starting worker (metrics on :9100) and api (webhooks on :%d)" % settings.http_port)
+    sim = PeakSaleSimulator(rate=rate, duration_s=duration_s, seed=seed, catalog=catalog,
+                            surge=parse_surge("default") if surge else None,
+                            # Unpaid orders lapse within the run so the demo shows expiries (channels use ~30 min).
+                            pay_timeout_s=max(10, int(duration_s // 2)))
+    hot = sim.default_surge_sku()
+    scarce_units = int(rate * duration_s * 0.08)
+    say(f"▶ 2/6 seeding stock through peakroute.inventory (hot SKU {hot} capped at {scarce_units} units)")
+    producer = make_producer(settings)
+    n = produce_inventory(producer, generate_stock(catalog, network, seed=seed, units=int(max(2000, rate * 20)),
+                                                   scarce={hot: scarce_units}))
+    say(f"  {n} stock snapshots for {len(catalog)} SKUs × {len(network.warehouses)} warehouses")
+
+    say(f"▶ 3/6 starting worker (metrics on :9100) and api (webhooks, status on :{settings.http_port})")
     worker = _spawn(settings, ["worker", "--metrics-port", "9100"], "worker.log")
     api = _spawn(settings, ["api"], "api.log")
     try:
-        say("▶ 3/5 webhook showcase")
+        say("▶ 4/6 webhook showcase")
         for line in _webhook_showcase(settings):
             say("  " + line)
 
-        say(f"▶ 4/5 simulated peak sale: {rate:.0f} new orders/s for {duration_s:.0f} s"
-            + (" with a douyin ×5 and hot-SKU ×20 surge" if surge else ""))
-        sim = PeakSaleSimulator(rate=rate, duration_s=duration_s, seed=seed, catalog=load_catalog(
-            settings.catalog_file or None), surge=parse_surge("default") if surge else None,
-            # Unpaid orders lapse within the run so the demo shows expiries (channels use ~30 min).
-            pay_timeout_s=max(10, int(duration_s // 2)))
+        say(f"▶ 5/6 simulated peak sale: {rate:.0f} new orders/s for {duration_s:.0f} s"
+            + (f" with a douyin ×5 and {hot} ×20 surge" if surge else ""))
 
         def progress(s: object) -> None:
             print(f"\r  produced {getattr(s, 'delivered', 0):7d} payloads  {getattr(s, 'elapsed_s', 0):5.1f} s",
                   end="", file=sys.stderr, flush=True)
 
-        stats = run_simulation(sim, make_producer(settings), realtime=True, progress=progress)
+        stats = run_simulation(sim, producer, realtime=True, progress=progress)
         print(file=sys.stderr)
-        waited = wait_caught_up(settings, worker)
-        time.sleep(1.5)
-        say(f"▶ 5/5 summary (read back from {ORDERS} and {DLQ}; caught up {waited:.1f} s after the last order)")
+        waited = wait_idle(settings, worker, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES])
+        time.sleep(2)
+        say(f"▶ 6/6 summary (read back from the topics; caught up {waited:.1f} s after the last order)")
         end = end_offsets(settings.kafka_bootstrap, watch)
-        out = read_range(settings.kafka_bootstrap, {k: v for k, v in start.items()},
-                         {k: v for k, v in end.items() if k[0] == ORDERS})
-        dlq = read_range(settings.kafka_bootstrap, start, {k: v for k, v in end.items() if k[0] == DLQ})
-        print(summary(stats, [v for _, v in out], [v for _, v in dlq], out))
+        def rng(topic: str) -> list[tuple[int, dict]]:
+            return read_range(settings.kafka_bootstrap, start, {k: v for k, v in end.items() if k[0] == topic})
+        orders = rng(ORDERS)
+        dlq = rng(DLQ)
+        events = rng(ORDER_EVENTS)
+        raw_times = _raw_ingest_times(settings, start, end)
+        # The independent oversell check reads the whole history of stock and warehouse requests.
+        everything = end_offsets(settings.kafka_bootstrap, [INVENTORY, *wh_topics])
+        inventory = [v for _, v in read_range(settings.kafka_bootstrap, {}, {k: v for k, v in everything.items()
+                                                                            if k[0] == INVENTORY})]
+        requests = [v for _, v in read_range(settings.kafka_bootstrap, {}, {k: v for k, v in everything.items()
+                                                                           if k[0] != INVENTORY})]
+        print(summary(stats, orders, [v for _, v in dlq], events, inventory, requests, raw_times))
     finally:
         if not keep_running:
             _stop(worker)
             _stop(api)
-    say(f"logs: {settings.state_path / 'logs'}   stop the stack: peakroute stack down")
+    say(f"logs: {settings.state_path / 'logs'}   metrics: http://127.0.0.1:9100/metrics (while a worker runs)")
+    say(f"try:  peakroute stock show {hot}   |   peakroute stack down")
     return 0
 
 
-def summary(stats: object, orders: list[dict], dlq: list[dict], timed: list[tuple[int, dict]]) -> str:
+def _raw_ingest_times(settings: Settings, start: dict, end: dict) -> dict[str, int]:
+    """order_id → broker timestamp (ms) of its first raw payload in this run."""
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "peakroute-demo-raw",
+                  "enable.auto.commit": False})
+    todo = {tp: (start.get(tp, 0), e) for tp, e in end.items() if tp[0] in RAW_TOPICS and e > start.get(tp, 0)}
+    c.assign([TopicPartition(t, p, s) for (t, p), (s, _) in todo.items()])
+    out: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while todo and time.monotonic() < deadline:
+        for msg in c.consume(2000, 0.5):
+            if msg.error():
+                continue
+            tp = (msg.topic(), msg.partition())
+            if tp in todo and msg.offset() < todo[tp][1]:
+                if msg.key():
+                    oid = f"{msg.topic().rsplit('.', 1)[1]}:{msg.key().decode(errors='replace')}"
+                    out.setdefault(oid, msg.timestamp()[1])
+                if msg.offset() + 1 >= todo[tp][1]:
+                    del todo[tp]
+    c.close()
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summary(stats: object, orders: list[tuple[int, dict]], dlq: list[dict], events: list[tuple[int, dict]],
+            inventory: list[dict], requests: list[dict], raw_times: dict[str, int]) -> str:
+    from .domain.reconcile import check_oversell
+
     by_kind = getattr(stats, "by_kind", {}) or {}
-    lines = ["", "PeakRoute demo — what happened", "=" * 60]
+    states = [o for _, o in orders]
+    lines = ["", "PeakRoute demo — what happened", "=" * 72]
     produced = getattr(stats, "delivered", 0)
     lines.append(f"raw payloads produced      {produced:>9,}   " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_kind.items())))
-    ids = {o["order_id"] for o in orders}
-    lines.append(f"canonical order states     {len(orders):>9,}   ({len(ids):,} distinct orders)")
+    ids = {o["order_id"] for o in states}
+    lines.append(f"canonical order states     {len(states):>9,}   ({len(ids):,} distinct orders)")
     lines.append(f"dead letters               {len(dlq):>9,}   "
                  + ", ".join(f"{r} {n}" for r, n in Counter(d['reason'] for d in dlq).most_common()))
-    dup = produced - len(orders) - len(dlq)
-    lines.append(f"dropped as duplicate/stale {max(dup, 0):>9,}   (channel re-sends carrying no news)")
+    lines.append(f"dropped as duplicate/stale {max(produced - len(states) - len(dlq), 0):>9,}   "
+                 "(channel re-sends carrying no news)")
+
+    # Outcome per order: its last routing event in this run.
+    last: dict[str, str] = {}
+    routed_at: dict[str, int] = {}
+    per_wh: Counter = Counter()
+    for ts, ev in events:
+        kind = ev["event"]
+        if kind in ("routed", "split", "backordered", "cancelled", "oversold"):
+            last[ev["order_id"]] = kind
+        if kind in ("routed", "split"):
+            routed_at.setdefault(ev["order_id"], ts)
+            for wh in ev["warehouses"]:
+                per_wh[wh] += 1
+    outcome = Counter(last.values())
+    unpaid = len(ids) - len(last)
+    lines.append("")
+    lines.append(f"routed {outcome['routed']:,} (split {outcome['split']:,} more over 2 warehouses)   "
+                 f"backordered {outcome['backordered']:,}   cancelled {outcome['cancelled']:,}   "
+                 f"waiting for payment / on hold {max(unpaid, 0):,}")
+    lines.append("shipments per warehouse: " + ", ".join(f"{w} {n:,}" for w, n in sorted(per_wh.items())))
+    backordered_skus: Counter = Counter()
+    final_state = {o["order_id"]: o for o in states}
+    for oid, kind in last.items():
+        if kind == "backordered" and oid in final_state:
+            for line in final_state[oid]["lines"]:
+                backordered_skus[line["sku"]] += 1
+    if backordered_skus:
+        lines.append("stock-outs (backordered lines): " + ", ".join(f"{s} {n:,}" for s, n in backordered_skus.most_common(4)))
+    lat = [(routed_at[o] - raw_times[o]) / 1000 for o in routed_at if o in raw_times]
+    if lat:
+        lines.append(f"ingest → routed latency: p50 {_pct(lat, 0.5) * 1000:.0f} ms, p99 {_pct(lat, 0.99) * 1000:.0f} ms, "
+                     f"max {max(lat) * 1000:.0f} ms  ({len(lat):,} orders)")
+    report = check_oversell(inventory, requests)
+    verdict = "ZERO OVERSELL" if report.ok else f"OVERSOLD at {len(report.violations)} (SKU, warehouse) pairs"
+    lines.append(f"independent check (inventory vs. warehouse requests): {verdict} — "
+                 f"{len(report.promised):,} (SKU, warehouse) pairs, {report.live_shipments:,} live shipments, "
+                 f"{sum(report.promised.values()):,} units promised")
+    for sku, wh, promised, sellable in report.violations[:5]:
+        lines.append(f"  ✗ {sku} @ {wh}: {promised} promised > {sellable} sellable")
+
     lines.append("")
     lines.append(f"{'channel':8} {'orders':>8} " + " ".join(f"{s:>15}" for s in
                  ("pending_payment", "paid", "on_hold", "cancelled", "shipped")))
     for ch in CHANNELS:
-        mine = [o for o in orders if o["channel"] == ch]
+        mine = [o for o in states if o["channel"] == ch]
         st = Counter(o["status"] for o in mine)
         lines.append(f"{ch:8} {len({o['order_id'] for o in mine}):>8,} " + " ".join(
             f"{st.get(s, 0):>15,}" for s in ("pending_payment", "paid", "on_hold", "cancelled", "shipped")))
     lines.append("")
-    provinces = Counter(o["ship_to"]["province"] for o in orders if o["status"] == "paid")
+    provinces = Counter(o["ship_to"]["province"] for o in states if o["status"] == "paid")
     lines.append("top destinations (paid): " + ", ".join(f"{p} {n:,}" for p, n in provinces.most_common(5)))
-    skus = Counter(line["sku"] for o in orders if o["status"] == "paid" for line in o["lines"] if not line["gift"])
+    skus = Counter(line["sku"] for o in states if o["status"] == "paid" for line in o["lines"] if not line["gift"])
     lines.append("hottest SKUs (paid lines): " + ", ".join(f"{s} {n:,}" for s, n in skus.most_common(4)))
-    urgent = sum(1 for o in orders if o.get("urgent"))
-    lines.append(f"urgent orders: {urgent:,}   gift lines: {sum(1 for o in orders for ln in o['lines'] if ln['gift']):,}")
-    if timed:
+    if orders:
         lines.append("")
         lines.append("douyin orders per 5 s (the surge shows here):")
-        t0 = min(ts for ts, _ in timed)
-        buckets = Counter((ts - t0) // 5000 for ts, o in timed if o["channel"] == "douyin")
+        t0 = min(ts for ts, _ in orders)
+        buckets = Counter((ts - t0) // 5000 for ts, o in orders if o["channel"] == "douyin")
         peak = max(buckets.values(), default=1)
         for b in range(int(max(buckets, default=0)) + 1):
             n = buckets.get(b, 0)
             lines.append(f"  {b * 5:4d}s {'█' * int(40 * n / peak):40} {n}")
-    lines.append("=" * 60)
+    lines.append("=" * 72)
     return "\n".join(lines)

@@ -34,3 +34,26 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("peakroute").setLevel(level.upper())
+
+
+def logging_config(level: str = "INFO", fmt: str = "text", libraries: str = "WARNING") -> dict:
+    """A dictConfig for processes run by faust/mode workers (they install their own logging).
+
+    Library loggers (faust, aiokafka, mode) stay at ``libraries``: at DEBUG, aiokafka and faust
+    format a record for every message sent, which costs more than the routing itself.
+    """
+    formatter = ({"()": JsonFormatter} if fmt == "json" else
+                 {"format": "%(asctime)s %(levelname)-5s %(name)s: %(message)s"})
+    lib = libraries.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
+        "root": {"level": "WARNING", "handlers": ["stderr"]},
+        "loggers": {
+            "peakroute": {"level": level.upper()},
+            "faust": {"level": lib}, "mode": {"level": lib}, "aiokafka": {"level": lib},
+            "kafka": {"level": lib},
+        },
+    }

@@ -4,6 +4,7 @@ PEAKROUTE_REDIS_URL point at running servers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -13,13 +14,12 @@ import pytest
 from peakroute.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_SAMPLES = ROOT.parent / "shared" / "channel-samples"
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
-@pytest.fixture(scope="session")
-def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings pointing at a running real Kafka + Redis for this test session."""
+@contextlib.contextmanager
+def local_stack(state: Path, **overrides: object) -> Iterator[Settings]:
+    """A real Kafka + Redis of their own, on free ports, torn down afterwards."""
     from peakroute.stack import LocalStack, free_port
     from peakroute.streams.topics import topic_specs
 
@@ -28,20 +28,27 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         LocalStack(base).ensure_topics(topic_specs(base))
         yield base
         return
-    state = tmp_path_factory.mktemp("stack")
-    overrides: dict[str, object] = {"state_dir": str(state)}
+    values: dict[str, object] = {"state_dir": str(state)}
     if not base.kafka_external:
         kafka_port, controller_port = free_port(), free_port()
         while controller_port == kafka_port:
             controller_port = free_port()
-        overrides["kafka_bootstrap"] = f"127.0.0.1:{kafka_port}"
-        overrides["kafka_controller_port"] = controller_port
+        values["kafka_bootstrap"] = f"127.0.0.1:{kafka_port}"
+        values["kafka_controller_port"] = controller_port
     if not base.redis_external:
-        overrides["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
-    settings = Settings.from_env(**overrides)
+        values["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
+    values.update(overrides)
+    settings = Settings.from_env(**values)
     stack = LocalStack(settings)
     stack.up(topic_specs(settings))
     try:
         yield settings
     finally:
         stack.reset() if os.environ.get("PEAKROUTE_KEEP_TEST_STACK") != "1" else stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at a running real Kafka + Redis shared by this test session."""
+    with local_stack(tmp_path_factory.mktemp("stack")) as settings:
+        yield settings

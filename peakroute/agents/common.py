@@ -48,3 +48,38 @@ def by_partition(items: Iterable[tuple[int, Any]]) -> dict[int, list[Any]]:
     for p, item in items:
         out[p].append(item)
     return out
+
+
+def in_event(event: faust.EventT) -> None:
+    """Make ``event`` the stream's current event while a batch is processed event by event.
+
+    faust writes a table change to the changelog partition of the *current* event; in a
+    ``take_events`` batch that would be the batch's last event, so each event is made current
+    before its own table writes.  (Uses faust's context variable: there is no public setter.)
+    """
+    import weakref
+
+    from faust.streams import _current_event  # type: ignore[attr-defined]
+
+    _current_event.set(weakref.ref(event))
+
+
+#: Batch size and wait for ``take_events``: big enough to amortize Redis and Kafka round trips,
+#: short enough that an order never waits long for its batch to fill.
+BATCH_MAX = 500
+BATCH_WITHIN_S = 0.01
+
+
+def die(stage: str, exc: BaseException) -> None:
+    """Stop the worker process at once, without committing what it has read.
+
+    For failures of the plumbing itself (Kafka producer, not one bad message): letting the
+    exception escape would make faust ack the batch and lose it.  Exiting hard leaves the
+    offsets uncommitted, so the restarted worker (compose/systemd restart the process) reads the
+    batch again; every state change downstream is idempotent, so that is safe.
+    """
+    import os
+
+    log.critical("%s: unrecoverable plumbing failure, exiting for a clean re-read: %r", stage, exc)
+    logging.shutdown()
+    os._exit(70)

@@ -4,6 +4,10 @@ Inputs, co-partitioned by order: ``peakroute.orders`` (key order_id) and
 ``peakroute.internal.stock-replies`` (sent to the order's partition).  State: table
 ``order-state`` (order_id → the order's routing state).  The decisions are the pure
 :class:`~peakroute.domain.fulfillment.OrderRouter`; this module only reads, writes and sends.
+
+Work is done in batches: one Redis read of the stock view per batch (decremented locally as the
+batch plans, so a hot SKU is not promised twice within a batch), one stock-ops message per SKU-owner
+partition per batch, one Redis write of capacity claims per batch.
 """
 
 from __future__ import annotations
@@ -23,14 +27,33 @@ from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.topics import ORDERS, fulfillment_topic
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import by_partition, dead_letter_exception, sku_partition
+from .common import BATCH_MAX, BATCH_WITHIN_S, by_partition, dead_letter_exception, die, in_event, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
-NO_VIEW = StockView(available=lambda s, w: 0, capacity_left=lambda w: 0)
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class BatchView:
+    """The stock view for one batch: read once from Redis, then kept up to date locally with what
+    this batch itself plans, so consecutive orders in the batch do not plan on the same units."""
+
+    def __init__(self, available: dict[tuple[str, str], int], capacity_left: dict[str, int], blind: bool) -> None:
+        self._available = available
+        self._capacity = capacity_left
+        self.blind = blind
+        self.view = StockView(available=self.available, capacity_left=lambda w: self._capacity.get(w, 0))
+
+    def available(self, sku: str, wh: str) -> int:
+        return UNKNOWN_AVAILABLE if self.blind else self._available.get((sku, wh), 0)
+
+    def planned(self, ops: list[dict]) -> None:
+        for op in ops:
+            if op["op"] == "reserve":
+                key = (op["sku"], op["warehouse"])
+                self._available[key] = self._available.get(key, 0) - int(op["qty"])
 
 
 def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: faust.TopicT,
@@ -42,72 +65,88 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
     wh_topics = {code: app.topic(fulfillment_topic(code), key_type=bytes, value_type=bytes, partitions=partitions)
                  for code in codes}
 
-    async def view_for(skus: list[str]) -> StockView:
+    async def batch_view(skus: set[str]) -> BatchView:
         try:
-            avail = await views.available(skus)
+            avail = await views.available(skus) if skus else {}
             used = await views.capacity_used(codes)
         except Exception as exc:  # noqa: BLE001 - degrade: plan blind, the SKU owners still decide
             log.warning("stock view unavailable (redis): %s; planning without it", exc)
-            return StockView(available=lambda s, w: UNKNOWN_AVAILABLE, capacity_left=lambda w: 1)
-        return StockView(available=lambda s, w: avail.get((s, w), 0),
-                         capacity_left=lambda w: capacity[w] - used.get(w, 0))
+            return BatchView({}, {w: 1 for w in codes}, blind=True)
+        return BatchView(avail, {w: capacity[w] - used.get(w, 0) for w in codes}, blind=False)
 
-    async def carry_out(fx: Effects, reply_to: int) -> None:
-        ops = by_partition((sku_partition(op["sku"], partitions), {**op, "reply_to": reply_to}) for op in fx.stock_ops)
-        for partition, batch in ops.items():
+    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects) -> None:
+        for partition, batch in by_partition(pending_ops).items():
             await stock_ops.send(key=None, value=dumps({"ops": batch}), partition=partition)
         for wh, request in fx.requests:
             await wh_topics[wh].send(key=request["order_id"].encode(), value=dumps(request))
             m.FULFILLMENT_REQUESTS.labels(wh, request["type"]).inc()
+        claims = []
         for ev in fx.events:
             await order_events.send(key=ev["order_id"].encode(), value=dumps(ev))
             m.ORDER_EVENTS.labels(ev["event"]).inc()
             if ev["event"] in ("routed", "split"):
-                for wh in ev["warehouses"]:
-                    try:
-                        await views.claim_capacity(wh, ev["order_id"])
-                    except Exception as exc:  # noqa: BLE001 - capacity is a soft limit
-                        log.warning("capacity not counted (redis): %s", exc)
-
-    def skus_of(state: dict | None, order: dict | None = None) -> list[str]:
-        o = order or (state or {}).get("order") or {"lines": []}
-        return [line["sku"] for line in o["lines"]]
+                claims += [(wh, ev["order_id"]) for wh in ev["warehouses"]]
+        if claims:
+            try:
+                await views.claim_capacity_many(claims)
+            except Exception as exc:  # noqa: BLE001 - capacity is a soft limit
+                log.warning("capacity not counted (redis): %s", exc)
 
     @app.agent(orders_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
-            try:
-                if msg.topic == ORDERS:
-                    order = orjson.loads(msg.value)
-                    oid = order["order_id"]
-                    state = state_table.get(oid)
-                    new, fx = router.on_order(state, order, await view_for(skus_of(state, order)), now_iso())
-                    new["p"] = msg.partition
-                    state_table[oid] = new
-                    await carry_out(fx, msg.partition)
+            decoded: list[tuple[faust.EventT, Any]] = []
+            skus: set[str] = set()
+            for event in events:
+                try:
+                    doc = orjson.loads(event.message.value)
+                except Exception as exc:  # noqa: BLE001
+                    await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
+                    continue
+                decoded.append((event, doc))
+                if event.message.topic == ORDERS:
+                    skus.update(line["sku"] for line in doc.get("lines", []))
                 else:
-                    for reply in orjson.loads(msg.value)["replies"]:
-                        oid = reply["order_id"]
+                    for reply in doc.get("replies", []):
+                        skus.add(reply.get("sku", ""))
+            view = await batch_view(skus - {""})
+            fx = Effects()
+            pending_ops: list[tuple[int, dict]] = []
+            for event, doc in decoded:
+                in_event(event)
+                partition = event.message.partition
+                try:
+                    if event.message.topic == ORDERS:
+                        items = [("order", doc)]
+                    else:
+                        items = [("reply", r) for r in doc["replies"]]
+                    for kind, item in items:
+                        oid = item["order_id"]
                         state = state_table.get(oid)
-                        if reply["outcome"] == "expire":
+                        if kind == "order":
+                            new, one = router.on_order(state, item, view.view, now_iso())
+                            new["p"] = partition
+                        elif item["outcome"] == "expire":
                             if state is None:
                                 continue
-                            new, fx = router.on_expiry(state, now_iso())
+                            new, one = router.on_expiry(state, now_iso())
                         else:
-                            # A re-plan can follow any reply that completes a refused attempt.
-                            needs_view = state is not None and (state["status"] == RESERVING
-                                                                or reply["outcome"] == "evicted")
-                            view = await view_for(skus_of(state)) if needs_view else NO_VIEW
-                            new, fx = router.on_reply(state, reply, view, now_iso())
+                            new, one = router.on_reply(state, item, view.view, now_iso())
                         if new is not None and new is not state:
                             state_table[oid] = new
-                        await carry_out(fx, msg.partition)
-            except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
-                await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
-            finally:
-                m.STAGE_SECONDS.labels("route").observe(time.perf_counter() - started)
+                        view.planned(one.stock_ops)
+                        pending_ops += [(sku_partition(op["sku"], partitions), {**op, "reply_to": partition})
+                                        for op in one.stock_ops]
+                        fx.requests += one.requests
+                        fx.events += one.events
+                except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
+                    await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
+            try:
+                await flush(pending_ops, fx)
+            except Exception as exc:  # noqa: BLE001
+                die("fulfillment", exc)
+            m.STAGE_SECONDS.labels("route").observe((time.perf_counter() - started) / max(1, len(events)))
 
     @app.timer(interval=5.0, on_leader=False)
     async def expire_unpaid() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,11 +17,11 @@ import faust
 from ..domain.canonical import Rejection
 from ..domain.catalog import Catalog
 from ..domain.channels import normalize
-from ..domain.deadletter import Source, dead_letter
 from ..domain.dedup import OrderVersion, Verdict, judge, version_of
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.topics import RAW_PREFIX
+from .common import BATCH_MAX, BATCH_WITHIN_S, dead_letter_exception, die, in_event, send_dead_letter
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -75,45 +74,34 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
         d = versions.get(order_id)
         return OrderVersion.from_dict(d) if d else None
 
-    async def send_dead_letter(event: faust.EventT, channel: str, stage: str, reason: str,
-                               field: str | None, detail: str) -> None:
-        msg = event.message
-        record = dead_letter(
-            reason=reason, field=field, detail=detail, channel=channel, stage=stage,
-            source=Source(msg.topic, msg.partition, msg.offset, msg.timestamp and int(msg.timestamp * 1000)),
-            key=msg.key, payload=msg.value)
-        m.DEAD_LETTERS.labels(channel, stage, reason).inc()
-        await dlq.send(key=msg.key, value=dumps(record))
-
     @app.agent(raw, name="normalize", concurrency=concurrency)
     async def normalize_agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            channel = channel_of(msg.topic)
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
-            try:
-                m.RAW_RECEIVED.labels(channel).inc()
-                out = process_raw(channel, msg.value, catalog, last_version)
-                if out.rejection is not None:
-                    rej = out.rejection
-                    await send_dead_letter(event, channel, "normalize", rej.code, rej.field, rej.detail)
-                elif out.value is not None and out.version is not None and out.order_id is not None:
-                    await orders.send(key=out.order_id.encode(), value=out.value)
-                    versions[out.order_id] = out.version.to_dict()
-                    m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
-                    if msg.timestamp:
-                        m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
-                else:
-                    m.DUPLICATES.labels(channel, out.verdict.value).inc()  # type: ignore[union-attr]
-            except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
-                log.exception("normalize failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-                detail = f"{type(exc).__name__}: {exc}"[:500] + " | " + traceback.format_exc(limit=3)[-500:]
+            for event in events:
+                in_event(event)
+                msg = event.message
+                channel = channel_of(msg.topic)
                 try:
-                    await send_dead_letter(event, channel, "normalize", "internal_error", None, detail)
-                except Exception:  # noqa: BLE001
-                    log.exception("could not dead-letter %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-                    raise
-            finally:
-                m.STAGE_SECONDS.labels("normalize").observe(time.perf_counter() - started)
+                    m.RAW_RECEIVED.labels(channel).inc()
+                    out = process_raw(channel, msg.value, catalog, last_version)
+                    if out.rejection is not None:
+                        rej = out.rejection
+                        await send_dead_letter(dlq, event, channel=channel, stage="normalize", reason=rej.code,
+                                               field=rej.field, detail=rej.detail)
+                    elif out.value is not None and out.version is not None and out.order_id is not None:
+                        await orders.send(key=out.order_id.encode(), value=out.value)
+                        versions[out.order_id] = out.version.to_dict()
+                        m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
+                        if msg.timestamp:
+                            m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
+                    else:
+                        m.DUPLICATES.labels(channel, out.verdict.value).inc()  # type: ignore[union-attr]
+                except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
+                    try:
+                        await dead_letter_exception(dlq, event, exc, channel=channel, stage="normalize")
+                    except Exception as exc2:  # noqa: BLE001
+                        die("normalize", exc2)
+            m.STAGE_SECONDS.labels("normalize").observe((time.perf_counter() - started) / max(1, len(events)))
 
     return normalize_agent

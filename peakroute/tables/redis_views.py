@@ -81,11 +81,14 @@ class RedisViews:
         return out
 
     # -- capacity ------------------------------------------------------------------------------
-    async def claim_capacity(self, warehouse: str, order_id: str, day: str | None = None) -> None:
-        key = capacity_key(day or business_day(), warehouse)
+    async def claim_capacity_many(self, claims: list[tuple[str, str]], day: str | None = None) -> None:
+        """Count each (warehouse, order_id) routed today, idempotently, in one round trip."""
+        day = day or business_day()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(key, order_id)
-        pipe.expire(key, 3 * 24 * 3600)
+        for wh, order_id in claims:
+            pipe.sadd(capacity_key(day, wh), order_id)
+        for wh in {wh for wh, _ in claims}:
+            pipe.expire(capacity_key(day, wh), 3 * 24 * 3600)
         await pipe.execute()
 
     async def capacity_used(self, warehouses: Iterable[str], max_age_s: float = 1.0) -> dict[str, int]:

@@ -71,7 +71,9 @@ def unique_app_id(prefix: str = "it") -> str:
 
 def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], bool], timeout: float = 60.0,
                keep: Callable[[dict], bool] = lambda _r: True) -> list[dict]:
-    """Read ``topic`` from the beginning, decoding JSON values, until ``until(records)`` or timeout.
+    """Read ``topic`` from the beginning, decoding JSON values, until caught up with ``until(records)``
+    true, or timeout.  (``until`` is only asked when nothing more is waiting, so later records of
+    the same kind are not missed.)
 
     Each record is the decoded value plus ``_key``, ``_partition``, ``_offset``.
     """
@@ -100,8 +102,6 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], boo
             value["_partition"], value["_offset"] = msg.partition(), msg.offset()
             if keep(value):
                 records.append(value)
-            if until(records):
-                return records
         return records
     finally:
         consumer.close()
