@@ -3,6 +3,8 @@
 - ``POST /channels/{channel}/orders`` — signed webhooks (see connectors/webhook.py)
 - ``GET /orders/{order_id}`` — "where is my order?": status, warehouse(s), timeline
 - ``GET /stock/{sku}`` — on hand, reserved, safety stock, available per warehouse
+- ``GET /breakers``, ``POST /breakers/{key}/trip|close|drain``, ``GET /review``,
+  ``POST /review/{order_id}/approve|reject`` — surge breaker operations (connectors/ops.py)
 - ``GET /healthz``
 
 Status and stock come from Redis projections kept fresh by the workers (within about a second).
@@ -15,7 +17,7 @@ import re
 from aiohttp import web
 
 from .config import CHANNELS, Settings
-from .connectors import webhook
+from .connectors import ops, webhook
 from .connectors.sink import KafkaSink
 from .tables.redis_views import RedisViews
 
@@ -38,6 +40,11 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
     app.router.add_get("/healthz", health)
 
     views = RedisViews(settings.redis_url)
+    from .domain.catalog import load_catalog
+    from .tables.breaker_store import BreakerStore
+
+    breakers = BreakerStore(settings.redis_url)
+    ops.add_routes(app, settings, sink, breakers, load_catalog(settings.catalog_file or None))
 
     async def order_status(request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
@@ -73,6 +80,7 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
         if isinstance(guard, webhook.RedisReplayGuard):
             await guard.close()
         await views.close()
+        await breakers.close()
 
     app.on_cleanup.append(close)
     return app

@@ -45,6 +45,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from .metrics.registry import serve
     from .streams.app import build_app
 
+    from .stack import StackError, ensure_topics_on
+    from .streams.topics import changelog_specs, topic_specs
+
+    try:
+        ensure_topics_on(settings.kafka_bootstrap, [*topic_specs(settings), *changelog_specs(settings)], timeout=60)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     serve(args.metrics_port)
     app = build_app(settings)
     from .logs import logging_config
@@ -179,6 +187,71 @@ def _stock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ops_call(settings: Settings, method: str, path: str) -> tuple[int, dict]:
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if settings.operator_token:
+        headers["Authorization"] = f"Bearer {settings.operator_token}"
+    headers["X-Operator"] = os.environ.get("USER", "operator")
+    req = urllib.request.Request(settings.api_url.rstrip("/") + path, method=method, headers=headers,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except OSError as exc:
+        return 0, {"error": f"cannot reach {settings.api_url} ({exc}); is `peakroute api` running?"}
+
+
+def _breaker(args: argparse.Namespace, settings: Settings) -> int:
+    from urllib.parse import quote
+
+    if args.action == "list":
+        status, body = _ops_call(settings, "GET", "/breakers")
+        if status != 200:
+            print(f"error: {body.get('error', status)}", file=sys.stderr)
+            return 1
+        print(f"{'breaker':28} {'state':9} {'rate/s':>8} {'baseline':>9} {'held':>6} {'trips':>5}  reason")
+        for b in body["breakers"]:
+            print(f"{b['key']:28} {b['state']:9} {b['rate']:>8} {b['baseline']:>9} {b['held']:>6} {b['trips']:>5}  {b['reason']}")
+        return 0
+    if not args.key:
+        print("error: give a breaker key, e.g. channel:douyin or sku:SKU-LIPSTICK-07", file=sys.stderr)
+        return 2
+    path = f"/breakers/{quote(args.key, safe=':')}/{args.action}"
+    if args.action == "drain" and args.rate is not None:
+        path += f"?rate={args.rate}"
+    status, body = _ops_call(settings, "POST", path)
+    print(body)
+    return 0 if status == 200 else 1
+
+
+def _review(args: argparse.Namespace, settings: Settings) -> int:
+    from urllib.parse import quote
+
+    if args.action == "list":
+        q = f"/review?offset={args.offset}&limit={args.limit}" + (f"&key={quote(args.key)}" if args.key else "")
+        status, body = _ops_call(settings, "GET", q)
+        if status != 200:
+            print(f"error: {body.get('error', status)}", file=sys.stderr)
+            return 1
+        print(f"{body['total']} orders held; showing {len(body['held'])} from {body['offset']}")
+        for e in body["held"]:
+            print(f"  {e['order_id']:34} {e['key']:28} skus={','.join(e.get('skus', []))}")
+        return 0
+    if not args.order_id:
+        print("error: give an order id, e.g. douyin:6912345678901234567", file=sys.stderr)
+        return 2
+    status, body = _ops_call(settings, "POST", f"/review/{quote(args.order_id, safe=':')}/{args.action}")
+    print(body)
+    return 0 if status == 200 else 1
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     for var, value, _help in settings.describe():
         print(f"{var}={value}")
@@ -263,6 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generate: cap a SKU's total units (repeatable)")
     st.add_argument("--seed", type=int, default=11)
     st.set_defaults(func=_stock)
+
+    b = sub.add_parser("breaker", help="surge breakers: list, trip, close, drain (via the api)",
+                       description="Operate the surge circuit breakers through `peakroute api` "
+                                   "(PEAKROUTE_API_URL). Changes need PEAKROUTE_OPERATOR_TOKEN and are audited. "
+                                   "Keys: channel:<tmall|jd|douyin|wxmini> or sku:<SKU>.")
+    b.add_argument("action", choices=["list", "trip", "close", "drain"])
+    b.add_argument("key", nargs="?", help="breaker key, e.g. channel:douyin")
+    b.add_argument("--rate", type=float, default=None, help="drain: orders/s to release")
+    b.set_defaults(func=_breaker)
+
+    rv = sub.add_parser("review", help="orders held by a breaker: list, approve, reject (via the api)",
+                        description="The review queue of orders held by open breakers. Approve sends an order "
+                                    "on to reservation; reject cancels it. Needs PEAKROUTE_OPERATOR_TOKEN.")
+    rv.add_argument("action", choices=["list", "approve", "reject"])
+    rv.add_argument("order_id", nargs="?")
+    rv.add_argument("--key", default=None, help="list: only orders held by this breaker")
+    rv.add_argument("--offset", type=int, default=0)
+    rv.add_argument("--limit", type=int, default=20)
+    rv.set_defaults(func=_review)
 
     c = sub.add_parser("config", help="show the effective configuration (secrets hidden)")
     c.set_defaults(func=_config)

@@ -55,6 +55,18 @@ class Settings:
     catalog_file: str = ""
     #: Warehouse network + priority rules (TOML).  Empty means ``peakroute/data/network.toml``.
     network_file: str = ""
+    #: Surge breaker: sliding window (s), trip ratio (4 = +300%), minimum volume (orders/s), default
+    #: drain rate (orders/s), and the priority at or under which orders bypass an open breaker.
+    breaker_window_s: int = 10
+    breaker_trip_ratio: float = 4.0
+    breaker_min_rate: float = 5.0
+    breaker_drain_rate: float = 20.0
+    breaker_bypass_priority: int = 1
+    #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
+    #: calls are refused (fail closed).  From the environment only; never logged.
+    operator_token: str = field(default="", repr=False)
+    #: Where ``peakroute breaker`` / ``peakroute review`` find the api.
+    api_url: str = "http://127.0.0.1:8080"
     #: Log level of PeakRoute's own loggers.
     log_level: str = "INFO"
     #: ``text`` (human-readable) or ``json`` (one JSON object per line, for log shippers).
@@ -79,6 +91,8 @@ class Settings:
                 continue
             if f.type in ("int", int):
                 values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
             else:
                 values[f.name] = raw
         values["webhook_secrets"] = {
@@ -91,6 +105,13 @@ class Settings:
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
+    def breaker_config(self) -> "BreakerConfig":  # noqa: F821
+        from .domain.breaker import BreakerConfig
+
+        return BreakerConfig(window_s=self.breaker_window_s, trip_ratio=self.breaker_trip_ratio,
+                             min_rate=self.breaker_min_rate, drain_rate=self.breaker_drain_rate,
+                             bypass_priority=self.breaker_bypass_priority)
+
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
@@ -100,6 +121,10 @@ class Settings:
         rows = []
         for f in fields(self):
             if f.name in ("kafka_external", "redis_external"):
+                continue
+            if f.name == "operator_token":
+                rows.append(("PEAKROUTE_OPERATOR_TOKEN", "(set)" if self.operator_token else "(unset: ops calls refused)",
+                             "bearer token of state-changing ops calls"))
                 continue
             if f.name == "webhook_secrets":
                 for ch in CHANNELS:

@@ -33,9 +33,24 @@ async def send_dead_letter(dlq: faust.TopicT, event: faust.EventT, *, channel: s
     await dlq.send(key=msg.key, value=dumps(record))
 
 
+def is_plumbing_failure(exc: BaseException) -> bool:
+    """A failure of the machinery (tables, Kafka, network), not of the message being handled."""
+    import asyncio
+
+    from faust.exceptions import FaustError
+
+    return isinstance(exc, (FaustError, ConnectionError, asyncio.TimeoutError, OSError))
+
+
 async def dead_letter_exception(dlq: faust.TopicT, event: faust.EventT, exc: BaseException, *,
                                 channel: str | None, stage: str) -> None:
-    """Turn an unexpected failure into a dead letter: nothing may escape a faust agent."""
+    """Turn an unexpected failure into a dead letter: nothing may escape a faust agent.
+
+    A plumbing failure is no fault of the message: the worker exits instead (see :func:`die`) and
+    the message is read again after the restart.
+    """
+    if is_plumbing_failure(exc):
+        die(stage, exc)
     msg = event.message
     log.exception("%s failed on %s[%s]@%s", stage, msg.topic, msg.partition, msg.offset)
     detail = f"{type(exc).__name__}: {exc}"[:500] + " | " + traceback.format_exc(limit=3)[-500:]

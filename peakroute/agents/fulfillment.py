@@ -26,6 +26,8 @@ from ..domain.network import Network
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.topics import ORDERS, fulfillment_topic
+from ..domain.breaker import BreakerConfig, keys_for, must_hold
+from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import BATCH_MAX, BATCH_WITHIN_S, by_partition, dead_letter_exception, die, in_event, sku_partition
 
@@ -57,8 +59,9 @@ class BatchView:
 
 
 def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: faust.TopicT,
-             replies: faust.TopicT, order_events: faust.TopicT, dlq: faust.TopicT, state_table: Any,
-             network: Network, catalog: Catalog, views: RedisViews, partitions: int) -> Any:
+             replies: faust.TopicT, order_events: faust.TopicT, review: faust.TopicT, dlq: faust.TopicT,
+             state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
+             breaker_cfg: BreakerConfig, partitions: int) -> Any:
     router = OrderRouter(network, catalog)
     codes = [w.code for w in network.warehouses]
     capacity = {w.code: w.daily_capacity for w in network.warehouses}
@@ -74,7 +77,15 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             return BatchView({}, {w: 1 for w in codes}, blind=True)
         return BatchView(avail, {w: capacity[w] - used.get(w, 0) for w in codes}, blind=False)
 
-    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects) -> None:
+    async def holding_keys() -> set[str]:
+        try:
+            return await breakers.holding_keys()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the breaker cannot see; orders flow
+            log.warning("breaker state unavailable (redis): %s; not holding", exc)
+            return set()
+
+    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[str],
+                    held: list[dict]) -> None:
         for partition, batch in by_partition(pending_ops).items():
             await stock_ops.send(key=None, value=dumps({"ops": batch}), partition=partition)
         for wh, request in fx.requests:
@@ -86,11 +97,20 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             m.ORDER_EVENTS.labels(ev["event"]).inc()
             if ev["event"] in ("routed", "split"):
                 claims += [(wh, ev["order_id"]) for wh in ev["warehouses"]]
+        for record in fx.review:
+            await review.send(key=record["order_id"].encode(), value=dumps(record))
         if claims:
             try:
                 await views.claim_capacity_many(claims)
             except Exception as exc:  # noqa: BLE001 - capacity is a soft limit
                 log.warning("capacity not counted (redis): %s", exc)
+        try:
+            await breakers.count(counted)
+            await breakers.hold(held)
+            for oid in fx.unheld:
+                await breakers.unhold(oid)
+        except Exception as exc:  # noqa: BLE001 - held orders are also in the table: repaired later
+            log.warning("breaker bookkeeping not written (redis): %s", exc)
 
     @app.agent(orders_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
@@ -111,8 +131,11 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                     for reply in doc.get("replies", []):
                         skus.add(reply.get("sku", ""))
             view = await batch_view(skus - {""})
+            holding = await holding_keys()
             fx = Effects()
             pending_ops: list[tuple[int, dict]] = []
+            counted: list[str] = []
+            held: list[dict] = []
             for event, doc in decoded:
                 in_event(event)
                 partition = event.message.partition
@@ -125,12 +148,26 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         oid = item["order_id"]
                         state = state_table.get(oid)
                         if kind == "order":
-                            new, one = router.on_order(state, item, view.view, now_iso())
+                            hold_keys: list[str] = []
+                            if router.wants_stock(item) and (state is None or state["status"] == "waiting"):
+                                skus_ = [ln["sku"] for ln in item["lines"] if not ln["gift"]]
+                                counted += keys_for(item["channel"], skus_)  # a new order for the surge counters
+                                if holding:
+                                    hold_keys = must_hold(holding, item["channel"], skus_, router.priority_of(item),
+                                                          breaker_cfg)
+                            new, one = router.on_order(state, item, view.view, now_iso(), hold_keys)
                             new["p"] = partition
+                            held += [{"key": key, "order_id": oid_, "partition": partition, "held_at": time.time(),
+                                      "channel": item["channel"], "skus": [ln["sku"] for ln in item["lines"]]}
+                                     for key, oid_ in one.held]
+                        elif state is None:
+                            continue
                         elif item["outcome"] == "expire":
-                            if state is None:
-                                continue
                             new, one = router.on_expiry(state, now_iso())
+                        elif item["outcome"] == "release":
+                            new, one = router.on_release(state, view.view, now_iso(), item.get("by", "breaker_drain"))
+                        elif item["outcome"] == "reject":
+                            new, one = router.on_reject(state, now_iso(), item.get("by", "operator"))
                         else:
                             new, one = router.on_reply(state, item, view.view, now_iso())
                         if new is not None and new is not state:
@@ -140,10 +177,12 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                                         for op in one.stock_ops]
                         fx.requests += one.requests
                         fx.events += one.events
+                        fx.review += one.review
+                        fx.unheld += one.unheld
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
             try:
-                await flush(pending_ops, fx)
+                await flush(pending_ops, fx, counted, held)
             except Exception as exc:  # noqa: BLE001
                 die("fulfillment", exc)
             m.STAGE_SECONDS.labels("route").observe((time.perf_counter() - started) / max(1, len(events)))

@@ -31,7 +31,7 @@ class KafkaSink:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    async def write(self, topic: str, key: bytes | None, value: bytes) -> tuple[int, int]:
+    async def write(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> tuple[int, int]:
         """Write one record; return (partition, offset) after the broker acknowledged it."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[int, int]] = loop.create_future()
@@ -47,7 +47,10 @@ class KafkaSink:
             loop.call_soon_threadsafe(settle)
 
         try:
-            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            if partition is None:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            else:
+                self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=on_delivery)
         except (BufferError, KafkaException) as exc:
             raise SinkError(str(exc)) from exc
         return await done

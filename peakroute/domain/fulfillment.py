@@ -39,13 +39,19 @@ class Effects:
     stock_ops: list[dict[str, Any]] = field(default_factory=list)  # each has "sku"
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (warehouse, request)
     events: list[dict[str, Any]] = field(default_factory=list)
-    oversold_units: int = 0
+    #: Review-topic records (held / released / approved / rejected).
+    review: list[dict[str, Any]] = field(default_factory=list)
+    #: (breaker key, order_id) newly held; order ids no longer held.
+    held: list[tuple[str, str]] = field(default_factory=list)
+    unheld: list[str] = field(default_factory=list)
 
     def extend(self, other: "Effects") -> None:
         self.stock_ops += other.stock_ops
         self.requests += other.requests
         self.events += other.events
-        self.oversold_units += other.oversold_units
+        self.review += other.review
+        self.held += other.held
+        self.unheld += other.unheld
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,22 @@ class OrderRouter:
         self.warehouses = network.by_code()
 
     # -- inputs ----------------------------------------------------------------------------------
-    def on_order(self, state: dict | None, order: dict, view: StockView, now: str) -> tuple[dict, Effects]:
-        """A new canonical state of the order arrived (already deduplicated upstream)."""
+    def wants_stock(self, order: dict) -> bool:
+        return order["status"] == "paid" or (order["status"] == "pending_payment" and order.get("reserve_on") == "order")
+
+    def priority_of(self, order: dict) -> int:
+        categories = {(item.category if (item := self.catalog.get(line["sku"])) else "general")
+                      for line in order["lines"]}
+        return self.network.priority(urgent=bool(order.get("urgent")), payment_fen=int(order["payment_fen"]),
+                                     categories=categories)
+
+    def on_order(self, state: dict | None, order: dict, view: StockView, now: str,
+                 hold_keys: list[str] | tuple[str, ...] = ()) -> tuple[dict, Effects]:
+        """A new canonical state of the order arrived (already deduplicated upstream).
+
+        ``hold_keys``: the surge breakers that are holding orders like this one; a new order that
+        wants stock is then held for review instead of reserved.
+        """
         fx = Effects()
         oid = order["order_id"]
         status = order["status"]
@@ -84,6 +104,8 @@ class OrderRouter:
             state = {**state, "order": order}
         if status == "cancelled":
             return self._cancel(state, now, "channel_cancelled", fx)
+        if state["status"] == HELD:
+            return state, fx  # stays held (with its latest state) until released or rejected
         if status == "on_hold":
             if state["status"] in (RESERVING, ROUTED):
                 state, more = self._unwind(state, now, "on_hold")
@@ -92,7 +114,15 @@ class OrderRouter:
                 state["status"] = WAITING
             fx.events.append(_event(oid, "on_hold", now))
             return state, fx
-        wants_stock = status == "paid" or (status == "pending_payment" and order.get("reserve_on") == "order")
+        wants_stock = self.wants_stock(order)
+        if wants_stock and hold_keys and state["status"] == WAITING:
+            key = hold_keys[0]
+            state = {**state, "status": HELD, "held_by": key, "held_at": now}
+            fx.events.append(_event(oid, "held", now, breaker=key, keys=list(hold_keys)))
+            fx.review.append({"type": "held", "order_id": oid, "breaker": key, "keys": list(hold_keys),
+                              "reason": f"surge breaker {key} is holding new orders", "at": now, "order": order})
+            fx.held.append((key, oid))
+            return state, fx
         if wants_stock and state["status"] in (WAITING, BACKORDERED):
             state, more = self._start_attempt(state, view, now)
             fx.extend(more)
@@ -127,7 +157,6 @@ class OrderRouter:
             if state["holds"].get(line_id) != [reply["warehouse"], attempt]:
                 return state, fx
             state = {**state, "holds": {k: v for k, v in state["holds"].items() if k != line_id}}
-            fx.oversold_units += int(reply.get("qty", 0))
             fx.events.append(_event(oid, "oversold", now, line_id=line_id, warehouse=reply["warehouse"],
                                     qty=reply.get("qty", 0)))
             state, more = self._unwind(state, now, "oversold")
@@ -155,6 +184,32 @@ class OrderRouter:
         state, more = self._start_attempt(state, view, now)
         fx.extend(more)
         return state, fx
+
+    def on_release(self, state: dict, view: StockView, now: str, by: str = "breaker_drain") -> tuple[dict, Effects]:
+        """A held order may go on: reserve and route it as usual (once: only a held order moves)."""
+        fx = Effects()
+        if state["status"] != HELD:
+            return state, fx
+        oid = state["order_id"]
+        fx.events.append(_event(oid, "released_from_review", now, by=by, breaker=state.get("held_by")))
+        fx.review.append({"type": "approved" if by != "breaker_drain" else "released", "order_id": oid,
+                          "breaker": state.get("held_by"), "by": by, "at": now})
+        fx.unheld.append(oid)
+        state = {**state, "status": WAITING}
+        if self.wants_stock(state["order"]):
+            state, more = self._start_attempt(state, view, now)
+            fx.extend(more)
+        return state, fx
+
+    def on_reject(self, state: dict, now: str, by: str) -> tuple[dict, Effects]:
+        """An operator rejected a held order: it ends cancelled, nothing was reserved."""
+        fx = Effects()
+        if state["status"] != HELD:
+            return state, fx
+        fx.review.append({"type": "rejected", "order_id": state["order_id"], "breaker": state.get("held_by"),
+                          "by": by, "at": now})
+        fx.unheld.append(state["order_id"])
+        return self._cancel(state, now, "rejected_in_review", fx)
 
     def on_expiry(self, state: dict, now: str) -> tuple[dict, Effects]:
         """An unpaid order that took stock at order time lapsed without payment."""
@@ -196,10 +251,7 @@ class OrderRouter:
         order = state["order"]
         oid = order["order_id"]
         lines = {line["line_id"]: line for line in order["lines"]}
-        categories = {(self.catalog.get(line["sku"]).category if self.catalog.get(line["sku"]) else "general")
-                      for line in order["lines"]}
-        priority = self.network.priority(urgent=bool(order.get("urgent")), payment_fen=int(order["payment_fen"]),
-                                         categories=categories)
+        priority = self.priority_of(order)
         paid = datetime.fromisoformat((order.get("paid_at") or order["created_at"]).replace("Z", "+00:00"))
         sent = []
         n = len(state["plan"])
@@ -251,6 +303,8 @@ class OrderRouter:
     def _cancel(self, state: dict, now: str, reason: str, fx: Effects) -> tuple[dict, Effects]:
         if state["status"] == CANCELLED:
             return state, fx
+        if state["status"] == HELD and state["order_id"] not in fx.unheld:
+            fx.unheld.append(state["order_id"])
         state, more = self._unwind(state, now, reason)
         fx.extend(more)
         state = {**state, "status": CANCELLED, "plan": [], "replies": {}}

@@ -6,7 +6,7 @@ anything personal, so cardinality stays flat however large the peak.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RAW_RECEIVED = Counter(
     "peakroute_raw_received_total", "Raw channel payloads read from the raw topics", ["channel"])
@@ -47,3 +47,12 @@ ORDER_EVENTS = Counter(
 FULFILLMENT_REQUESTS = Counter(
     "peakroute_fulfillment_requests_total", "Shipment and cancel requests sent to warehouses",
     ["warehouse", "type"])
+
+# Surge breaker (labels: breaker keys — channels, and SKUs only once they tripped: bounded).
+BREAKER_STATE = Gauge("peakroute_breaker_state", "Breaker state: 0 closed, 1 half-open (draining), 2 open", ["key"])
+BREAKER_RATE = Gauge("peakroute_breaker_rate", "Orders/s over the breaker window, all workers", ["key"])
+BREAKER_BASELINE = Gauge("peakroute_breaker_baseline", "Learned baseline orders/s", ["key"])
+BREAKER_DRAIN_RATE = Gauge("peakroute_breaker_drain_rate", "Orders/s released while half-open", ["key"])
+HELD_ORDERS = Gauge("peakroute_held_orders", "Orders held for review by a breaker", ["key"])
+BREAKER_TRIPS = Counter("peakroute_breaker_trips_total", "Times a breaker opened", ["key"])
+BREAKER_DRAINED = Counter("peakroute_breaker_drained_total", "Held orders released by draining", ["key"])

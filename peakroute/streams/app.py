@@ -5,7 +5,8 @@
         ├──▶ peakroute.dlq                         rejections, with the original bytes
         ▼
     peakroute.orders  (key order_id)
-        │ fulfillment   (table order-state, by order: plan → reserve → route / compensate)
+        │ fulfillment   (table order-state, by order: surge breaker → plan → reserve → route / compensate)
+        │   └─▶ peakroute.review   orders held by an open breaker (released at the drain rate or by an operator)
         │   ▲  reservation replies, batched per order partition
         ▼   │
     peakroute.internal.stock-ops  ◀── inventory ◀── peakroute.inventory (WMS: snapshots, deltas, shipments)
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import faust
 
-from ..agents import fulfillment, inventory, normalize, projection, stock
+from ..agents import breaker, fulfillment, inventory, normalize, projection, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.network import load_network
+from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
-from .topics import DLQ, INVENTORY, ORDER_EVENTS, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
+from .topics import DLQ, INVENTORY, ORDER_EVENTS, ORDERS, RAW_TOPICS, REVIEW, STOCK_OPS, STOCK_REPLIES, TABLES
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -59,11 +61,14 @@ def build_app(settings: Settings) -> faust.App:
     catalog = load_catalog(settings.catalog_file or None)
     network = load_network(settings.network_file or None)
     views = RedisViews(settings.redis_url)
+    breakers = BreakerStore(settings.redis_url)
+    breaker_cfg = settings.breaker_config()
 
     def topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
 
     def table(name: str, help: str) -> faust.TableT:
+        assert name in TABLES, "declare every table in topics.TABLES (its changelog is created up front)"
         schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
         return app.Table(name, default=None, partitions=n, schema=schema, help=help)
 
@@ -73,10 +78,12 @@ def build_app(settings: Settings) -> faust.App:
 
     normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
                        versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"))
+    order_state = table("order-state", "order_id -> routing state")
     fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), stock_ops=stock_ops,
-                         replies=stock_replies, order_events=order_events, dlq=dlq,
-                         state_table=table("order-state", "order_id -> routing state"),
-                         network=network, catalog=catalog, views=views, partitions=n)
+                         replies=stock_replies, order_events=order_events, review=topic(REVIEW), dlq=dlq,
+                         state_table=order_state, network=network, catalog=catalog, views=views,
+                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n)
+    breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg)
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
                    levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
                    holds=table("stock-holds", "order_id|line_id -> reservation"))

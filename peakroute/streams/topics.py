@@ -48,7 +48,27 @@ def topic_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821 - import
 
     n = settings.partitions
     specs = [TopicSpec(t, n) for t in RAW_TOPICS]
-    specs += [TopicSpec(t, n) for t in (ORDERS, DLQ, INVENTORY, ORDER_EVENTS, STOCK_OPS, STOCK_REPLIES)]
+    specs += [TopicSpec(t, n) for t in (ORDERS, DLQ, INVENTORY, ORDER_EVENTS, REVIEW, AUDIT, STOCK_OPS, STOCK_REPLIES)]
     specs += [TopicSpec(fulfillment_topic(w.code), n)
               for w in load_network(settings.network_file or None).warehouses]
     return specs
+
+
+#: faust tables of the pipeline (see streams/app.py); each has a changelog topic.
+TABLES: tuple[str, ...] = ("order-versions", "order-state", "stock-levels", "stock-holds")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """faust's name for a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
+
+
+def changelog_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821
+    """The tables' changelog topics, compacted, co-partitioned with the stream topics.
+
+    Created before a worker starts: a worker that found them missing would refuse every table
+    write of its first batches (faust PartitionsMismatch) until it created them itself.
+    """
+    from ..stack import TopicSpec
+
+    return [TopicSpec(changelog_topic(settings.app_id, t), settings.partitions, compacted=True) for t in TABLES]

@@ -24,7 +24,7 @@ from .harness import PeakrouteProcess, produce, read_topic, unique_app_id
 
 pytestmark = pytest.mark.integration
 
-SKUS = ["T-HOT", "T-MA", "T-MB", "T-DUP", "T-CXL", "T-2W"]
+SKUS = ["T-HOT", "T-MA", "T-MB", "T-DUP", "T-CXL", "T-2W", "T-FIX"]
 TERMINAL = {"routed", "split", "backordered", "cancelled"}
 WAREHOUSES = ["WH-EAST", "WH-SOUTH", "WH-NORTH", "WH-SOUTHWEST", "WH-CENTRAL", "WH-NORTHWEST"]
 
@@ -192,6 +192,32 @@ def test_cancel_releases_and_tells_the_warehouse(env) -> None:
     assert any(r["type"] == "cancel_request" and r["shipment_id"] == sid for r in reqs)
     status, doc = get_json(f"{base}/orders/{ids[0]}")
     assert doc["status"] == "cancelled"
+
+
+def test_stock_correction_below_reservations_reroutes_the_oversold_orders(env) -> None:
+    settings, base, _, _, _ = env
+    stock(settings, "T-FIX", {"WH-EAST": 5})
+    time.sleep(2)
+    ids = send(settings, [mk.sim_order([("T-FIX", 1)]) for _ in range(5)])
+    assert Counter(final(evs) for evs in outcomes(settings, ids).values()) == {"routed": 5}
+    # Cycle count: 3 units damaged at WH-EAST; 2 units are found at WH-CENTRAL.
+    produce(settings, INVENTORY, [(b"T-FIX", orjson.dumps(m)) for m in (
+        {"type": "snapshot", "sku": "T-FIX", "warehouse": "WH-CENTRAL", "on_hand": 2},
+        {"type": "adjustment", "sku": "T-FIX", "warehouse": "WH-EAST", "delta": -3, "reason": "damaged"})])
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        results = outcomes(settings, ids)
+        if sum(1 for evs in results.values() if any(e["event"] == "oversold" for e in evs)) == 3 and \
+                Counter(final(evs) for evs in results.values()) == {"routed": 4, "backordered": 1}:
+            break
+        time.sleep(1)
+    assert sum(1 for evs in results.values() if any(e["event"] == "oversold" for e in evs)) == 3
+    assert Counter(final(evs) for evs in results.values()) == {"routed": 4, "backordered": 1}
+    view = stock_view(base, "T-FIX", 4)
+    assert view["warehouses"]["WH-EAST"]["reserved"] == 2 and view["warehouses"]["WH-CENTRAL"]["reserved"] == 2
+    inventory = read_topic(settings, INVENTORY, until=lambda rs: False, timeout=2, keep=lambda r: r.get("sku") == "T-FIX")
+    report = check_oversell(inventory, requests_for(settings, "T-FIX"))
+    assert report.ok and report.promised == {("T-FIX", "WH-EAST"): 2, ("T-FIX", "WH-CENTRAL"): 2}, report
 
 
 def test_two_workers_sharing_partitions_keep_the_invariants(env) -> None:

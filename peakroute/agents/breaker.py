@@ -1,0 +1,95 @@
+"""Surge breaker plumbing: the evaluation tick (leader only) and the held-order repair (every worker).
+
+The breaker decisions are the pure functions of ``domain/breaker.py``; this module reads the global
+counters from Redis, moves each breaker's state machine once per tick, and releases held orders
+at the drain rate by sending a ``release`` control message to each order's partition, where the
+fulfillment agent reserves and routes it like any other order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+
+from ..domain.breaker import HALF_OPEN, Breaker, BreakerConfig, observe, take_tokens
+from ..domain.fulfillment import HELD
+from ..metrics import registry as m
+from ..streams.codecs import dumps
+from ..tables.breaker_store import BreakerStore
+from .common import by_partition
+
+log = logging.getLogger("peakroute.breaker")
+STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: BreakerStore,
+             cfg: BreakerConfig) -> None:
+    trips_seen: dict[str, int] = {}
+
+    @app.timer(interval=cfg.tick_s, on_leader=True)
+    async def evaluate_breakers() -> None:
+        """One tick: rates over the window → state machines → drain what the token buckets allow."""
+        now = time.time()
+        try:
+            rates = await store.rates(cfg.window_s, now)
+            keys = set(rates) | set(await store.all())
+            held = await store.held_count(keys)
+            releases: list[tuple[int, dict]] = []
+            for key in sorted(keys):
+                n_release = 0
+
+                def change(b: Breaker, key: str = key) -> Breaker:
+                    nonlocal n_release
+                    b = observe(b, rates.get(key, 0.0), now, cfg, held.get(key, 0))
+                    b, n_release = take_tokens(b, now, cfg, held.get(key, 0))
+                    return b
+
+                b = await store.update(key, change)
+                for partition, oid in await store.take(key, n_release):
+                    releases.append((partition, {"outcome": "release", "order_id": oid, "by": "breaker_drain"}))
+                if n_release:
+                    m.BREAKER_DRAINED.labels(key).inc(n_release)
+                if key in trips_seen and b.trips > trips_seen[key]:
+                    log.warning("breaker %s tripped: %s", key, b.reason)
+                    m.BREAKER_TRIPS.labels(key).inc(b.trips - trips_seen[key])
+                trips_seen[key] = b.trips
+                if key.startswith("channel:") or b.trips or b.state != "closed":
+                    m.BREAKER_STATE.labels(key).set(STATE_VALUE[b.state])
+                    m.BREAKER_RATE.labels(key).set(b.rate)
+                    m.BREAKER_BASELINE.labels(key).set(b.baseline)
+                    m.HELD_ORDERS.labels(key).set(max(0, held.get(key, 0) - n_release))
+                    if b.state == HALF_OPEN:
+                        m.BREAKER_DRAIN_RATE.labels(key).set(b.effective_drain_rate(cfg))
+            for partition, batch in by_partition(releases).items():
+                await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the breaker pauses, nothing is lost
+            log.warning("breaker tick skipped: %r", exc)
+
+    @app.timer(interval=10.0, on_leader=False)
+    async def repair_held_orders() -> None:
+        """Held orders live in this worker's table; put any that Redis forgot back under their
+        breaker, or release them if that breaker no longer holds."""
+        try:
+            held = [(oid, st) for oid, st in list(state_table.items()) if st and st.get("status") == HELD]
+            if not held:
+                return
+            known = await store.is_held([oid for oid, _ in held])
+            holding = await store.holding_keys(max_age_s=0)
+            lost = [(oid, st) for (oid, st), ok in zip(held, known) if not ok]
+            if not lost:
+                return
+            back = [{"key": st["held_by"], "order_id": oid, "partition": st.get("p", 0), "held_at": time.time(),
+                     "channel": st["order"]["channel"]} for oid, st in lost if st.get("held_by") in holding]
+            await store.hold(back)
+            go = [(st.get("p", 0), {"outcome": "release", "order_id": oid, "by": "breaker_closed"})
+                  for oid, st in lost if st.get("held_by") not in holding]
+            for partition, batch in by_partition(go).items():
+                await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
+            if back or go:
+                log.warning("repaired held orders: %d put back under their breaker, %d released", len(back), len(go))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("held-order repair skipped: %r", exc)
+

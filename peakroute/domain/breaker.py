@@ -1,0 +1,155 @@
+"""Surge circuit breaker: the detection math and the state machine (pure, no Redis, no Kafka).
+
+A *key* is what surges: a channel (``channel:douyin``) or a SKU (``sku:SKU-LIPSTICK-07``).  Its rate
+over a sliding window is compared with a learned baseline (an exponentially weighted average of
+earlier windows).  The field's rule of thumb — an order count up 300% triggers manual review — is the
+default: trip at 4× baseline, but only above a minimum volume, so a quiet SKU going from 1 to 5
+orders does not trip.
+
+States:  closed ──surge──▶ open ──surge over (or operator drain)──▶ half_open ──held all drained──▶ closed
+                              ▲                                        │
+                              └──────────── surge again ───────────────┘
+- closed: orders flow.
+- open: new orders for the key are held for review (not reserved).
+- half_open: held orders drain back at a controlled rate (token bucket) while the rate is watched.
+An operator can trip or close a breaker, set its drain rate, approve or reject held orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    window_s: int = 10  #: sliding window the current rate is measured over
+    tick_s: float = 1.0  #: how often the breakers are evaluated (with the sliding-window rate)
+    trip_ratio: float = 4.0  #: trip when rate >= ratio × baseline (+300%)
+    min_rate: float = 5.0  #: orders/s under which a key never trips (minimum volume)
+    baseline_alpha: float = 0.2  #: EWMA weight of one whole new window in the baseline
+    warmup_windows: int = 3  #: windows of history needed before the baseline is trusted
+    calm_windows: int = 1  #: calm windows before an open breaker starts draining
+    drain_rate: float = 20.0  #: minimum orders/s released while half-open (else 2 × baseline)
+    bypass_priority: int = 1  #: orders with priority <= this are never held (0 = nobody bypasses)
+
+    @property
+    def ticks_per_window(self) -> float:
+        return self.window_s / self.tick_s
+
+    @property
+    def alpha(self) -> float:
+        """EWMA weight per tick, equivalent to ``baseline_alpha`` per window."""
+        return 1 - (1 - self.baseline_alpha) ** (1 / self.ticks_per_window)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    key: str
+    state: str = CLOSED
+    since: float = 0.0  #: when the state began (epoch seconds)
+    baseline: float = 0.0  #: learned orders/s
+    ticks_seen: int = 0
+    rate: float = 0.0  #: last measured orders/s over the window
+    calm: int = 0  #: consecutive calm ticks while open
+    drain_rate: float = 0.0  #: orders/s released while half-open (0 = automatic)
+    tokens: float = 0.0  #: token bucket for draining
+    last_refill: float = 0.0
+    manual: bool = False  #: tripped by an operator: stays open until an operator acts
+    trips: int = 0
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Breaker":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def holding(self) -> bool:
+        """New orders for this key are held (open) or queued behind the drain (half-open)."""
+        return self.state in (OPEN, HALF_OPEN)
+
+    def effective_drain_rate(self, cfg: "BreakerConfig") -> float:
+        return self.drain_rate or max(cfg.drain_rate, 2 * self.baseline)
+
+
+def surging(b: Breaker, rate: float, cfg: BreakerConfig) -> bool:
+    """Is ``rate`` a surge for this key?  Needs a trusted baseline and the minimum volume."""
+    if rate < cfg.min_rate or b.ticks_seen < cfg.warmup_windows * cfg.ticks_per_window:
+        return False
+    return rate >= cfg.trip_ratio * b.baseline
+
+
+def observe(b: Breaker, rate: float, now: float, cfg: BreakerConfig, held: int) -> Breaker:
+    """One tick: the key's rate over the last window is ``rate`` orders/s (counted across every
+    worker); ``held`` orders are still held for it.  Move the state machine.
+
+    The baseline learns only from calm ticks, so a surge never teaches the breaker that the surge
+    is normal.
+    """
+    surge = surging(b, rate, cfg)
+    if not surge:
+        baseline = rate if b.ticks_seen == 0 else (1 - cfg.alpha) * b.baseline + cfg.alpha * rate
+        b = replace(b, baseline=baseline, ticks_seen=b.ticks_seen + 1)
+    b = replace(b, rate=rate)
+    if b.state == CLOSED:
+        if surge:
+            return replace(b, state=OPEN, since=now, calm=0, trips=b.trips + 1,
+                           reason=f"rate {rate:.1f}/s >= {cfg.trip_ratio:g} x baseline {b.baseline:.1f}/s")
+        return b
+    if b.state == OPEN:
+        if b.manual:
+            return b
+        calm = 0 if surge else b.calm + 1
+        if calm >= cfg.calm_windows * cfg.ticks_per_window:
+            return replace(b, state=HALF_OPEN, since=now, calm=0, tokens=0.0, last_refill=now)
+        return replace(b, calm=calm)
+    # HALF_OPEN: draining while the rate is watched.
+    if surge and not b.manual:
+        return replace(b, state=OPEN, since=now, calm=0, trips=b.trips + 1,
+                       reason=f"surge persisted while draining: {rate:.1f}/s")
+    if held == 0:
+        return replace(b, state=CLOSED, since=now, tokens=0.0, manual=False, drain_rate=0.0, reason="")
+    return b
+
+
+def take_tokens(b: Breaker, now: float, cfg: BreakerConfig, wanted: int) -> tuple[Breaker, int]:
+    """How many held orders may be released now (token bucket at the drain rate, burst of 1 s)."""
+    if b.state != HALF_OPEN or wanted <= 0:
+        return b, 0
+    rate = b.effective_drain_rate(cfg)
+    tokens = min(rate, b.tokens + max(0.0, now - b.last_refill) * rate)
+    n = min(wanted, int(tokens))
+    return replace(b, tokens=tokens - n, last_refill=now), n
+
+
+def trip(b: Breaker, now: float, reason: str = "tripped by operator") -> Breaker:
+    """Operator: hold new orders for this key until an operator drains or closes it."""
+    return replace(b, state=OPEN, since=now, manual=True, calm=0, trips=b.trips + 1, reason=reason)
+
+
+def drain(b: Breaker, now: float, rate: float | None = None) -> Breaker:
+    """Operator: start releasing held orders (at ``rate`` orders/s if given)."""
+    return replace(b, state=HALF_OPEN, since=now, manual=False, tokens=0.0, last_refill=now,
+                   drain_rate=b.drain_rate if rate is None else rate)
+
+
+def close(b: Breaker, now: float) -> Breaker:
+    """Operator: close.  Orders still held drain first at the drain rate (never dropped), then the
+    breaker closes by itself."""
+    return drain(b, now) if b.state != CLOSED else b
+
+
+def keys_for(channel: str, skus: list[str]) -> list[str]:
+    """The breaker keys an order counts towards: its channel and each of its SKUs."""
+    return [f"channel:{channel}", *(f"sku:{s}" for s in dict.fromkeys(skus))]
+
+
+def must_hold(holding_keys: set[str], channel: str, skus: list[str], priority: int, cfg: BreakerConfig) -> list[str]:
+    """The holding breakers this order falls under (none when its priority bypasses them)."""
+    if priority <= cfg.bypass_priority:
+        return []
+    return [k for k in keys_for(channel, skus) if k in holding_keys]

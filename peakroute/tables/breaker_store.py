@@ -1,0 +1,173 @@
+"""Breaker state, surge counters and held orders in Redis — shared by every worker and the api.
+
+Why Redis: a channel's orders are spread over every partition and worker, so its rate must be
+counted globally, and the breaker's state must be the same for all of them and survive a worker
+restart.  Redis is the one place every process already talks to (documented in README).
+
+- ``peakroute:rate:<key>:<epoch second>``  counter per key per second (expires after 5 min)
+- ``peakroute:breaker:keys``               set of keys ever counted
+- ``peakroute:breakers``                   hash key → breaker JSON (changed with WATCH/MULTI)
+- ``peakroute:held:<key>``                 sorted set "partition|order_id" by hold time
+- ``peakroute:held-orders``                hash order_id → JSON (key, partition, held_at, channel, skus)
+
+Held orders are also remembered in the worker's ``order-state`` table, so Redis losing these keys
+never loses an order: the workers put their held orders back (``repair``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from ..domain.breaker import Breaker
+
+BREAKERS = "peakroute:breakers"
+KEYS = "peakroute:breaker:keys"
+HELD_ORDERS = "peakroute:held-orders"
+
+
+def rate_key(key: str, second: int) -> str:
+    return f"peakroute:rate:{key}:{second}"
+
+
+def held_key(key: str) -> str:
+    return f"peakroute:held:{key}"
+
+
+class BreakerStore:
+    def __init__(self, redis_url: str) -> None:
+        self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._holding: tuple[float, set[str]] = (0.0, set())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- counting --------------------------------------------------------------------------------
+    async def count(self, keys: Iterable[str], now: float | None = None) -> None:
+        """Add one order to each key's counter for the current second."""
+        sec = int(time.time() if now is None else now)
+        keys = list(keys)
+        if not keys:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.incr(rate_key(k, sec))
+            pipe.expire(rate_key(k, sec), 300)
+        pipe.sadd(KEYS, *set(keys))
+        await pipe.execute()
+
+    async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:
+        """Orders/s per key over the last ``window_s`` complete seconds."""
+        end = int(time.time() if now is None else now)
+        keys = sorted(k.decode() for k in await self.redis.smembers(KEYS))
+        if not keys:
+            return {}
+        names = [rate_key(k, s) for k in keys for s in range(end - window_s, end)]
+        values = await self.redis.mget(names)
+        out = {}
+        for i, k in enumerate(keys):
+            chunk = values[i * window_s:(i + 1) * window_s]
+            out[k] = sum(int(v) for v in chunk if v) / window_s
+        return out
+
+    # -- breakers --------------------------------------------------------------------------------
+    async def all(self) -> dict[str, Breaker]:
+        raw = await self.redis.hgetall(BREAKERS)
+        return {k.decode(): Breaker.from_dict(orjson.loads(v)) for k, v in raw.items()}
+
+    async def get(self, key: str) -> Breaker | None:
+        raw = await self.redis.hget(BREAKERS, key)
+        return Breaker.from_dict(orjson.loads(raw)) if raw else None
+
+    async def update(self, key: str, change: Callable[[Breaker], Breaker]) -> Breaker:
+        """Read-modify-write one breaker atomically (optimistic WATCH/MULTI, retried)."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(BREAKERS)
+                    raw = await pipe.hget(BREAKERS, key)
+                    current = Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key)
+                    new = change(current)
+                    pipe.multi()
+                    pipe.hset(BREAKERS, key, orjson.dumps(new.to_dict()))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    async def holding_keys(self, max_age_s: float = 0.5) -> set[str]:
+        """Keys whose breaker holds new orders (cached briefly: checked for every order)."""
+        at, keys = self._holding
+        if time.monotonic() - at > max_age_s:
+            breakers = await self.all()
+            keys = {k for k, b in breakers.items() if b.holding}
+            self._holding = (time.monotonic(), keys)
+        return keys
+
+    # -- held orders -----------------------------------------------------------------------------
+    async def hold(self, entries: list[dict[str, Any]]) -> None:
+        """Remember held orders: each entry has key, order_id, partition, held_at (+ display fields)."""
+        if not entries:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for e in entries:
+            pipe.zadd(held_key(e["key"]), {f"{e['partition']}|{e['order_id']}": e["held_at"]}, nx=True)
+            pipe.hsetnx(HELD_ORDERS, e["order_id"], orjson.dumps(e))
+        await pipe.execute()
+
+    async def take(self, key: str, n: int) -> list[tuple[int, str]]:
+        """Pop the ``n`` longest-held orders of ``key``: (partition, order_id)."""
+        if n <= 0:
+            return []
+        popped = await self.redis.zpopmin(held_key(key), n)
+        out = []
+        for member, _ in popped:
+            p, oid = member.decode().split("|", 1)
+            out.append((int(p), oid))
+        if out:
+            await self.redis.hdel(HELD_ORDERS, *[oid for _, oid in out])
+        return out
+
+    async def unhold(self, order_id: str) -> dict | None:
+        """Remove one held order (approved, rejected or cancelled); its entry, or None if not held."""
+        raw = await self.redis.hget(HELD_ORDERS, order_id)
+        if not raw:
+            return None
+        entry = orjson.loads(raw)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(held_key(entry["key"]), f"{entry['partition']}|{order_id}")
+        pipe.hdel(HELD_ORDERS, order_id)
+        removed, _ = await pipe.execute()
+        return entry if removed else None
+
+    async def held_count(self, keys: Iterable[str]) -> dict[str, int]:
+        keys = list(keys)
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.zcard(held_key(k))
+        return dict(zip(keys, (int(n) for n in await pipe.execute())))
+
+    async def is_held(self, order_ids: list[str]) -> list[bool]:
+        if not order_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for oid in order_ids:
+            pipe.hexists(HELD_ORDERS, oid)
+        return [bool(x) for x in await pipe.execute()]
+
+    async def held_page(self, offset: int, limit: int, key: str | None = None) -> tuple[int, list[dict]]:
+        """(total, entries) of held orders, oldest first."""
+        if key:
+            total = await self.redis.zcard(held_key(key))
+            members = await self.redis.zrange(held_key(key), offset, offset + limit - 1)
+            ids = [m.decode().split("|", 1)[1] for m in members]
+            raws = await self.redis.hmget(HELD_ORDERS, ids) if ids else []
+            return total, [orjson.loads(r) for r in raws if r]
+        total = await self.redis.hlen(HELD_ORDERS)
+        entries = [orjson.loads(v) for v in (await self.redis.hgetall(HELD_ORDERS)).values()]
+        entries.sort(key=lambda e: (e["held_at"], e["order_id"]))
+        return total, entries[offset:offset + limit]

@@ -1,0 +1,116 @@
+"""The surge breaker's math and state machine (pure)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from peakroute.domain.breaker import (
+    CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig, drain, keys_for, must_hold, observe, surging,
+    take_tokens, trip,
+)
+
+CFG = BreakerConfig(window_s=10, tick_s=1, trip_ratio=4, min_rate=5, warmup_windows=3, calm_windows=1)
+
+
+def warm(rate: float, ticks: int = 40) -> Breaker:
+    b = Breaker("channel:douyin")
+    for t in range(ticks):
+        b = observe(b, rate, t, CFG, held=0)
+    return b
+
+
+def test_steady_traffic_learns_a_baseline_and_never_trips() -> None:
+    b = warm(10)
+    assert b.state == CLOSED and abs(b.baseline - 10) < 1e-6
+
+
+def test_four_times_baseline_trips_three_times_does_not() -> None:
+    assert observe(warm(10), 39, 100, CFG, 0).state == CLOSED
+    b = observe(warm(10), 40, 100, CFG, 0)
+    assert b.state == OPEN and b.trips == 1 and "baseline" in b.reason
+
+
+def test_minimum_volume_protects_quiet_keys() -> None:
+    b = warm(1)
+    assert observe(b, 4.9, 100, CFG, 0).state == CLOSED  # 1 -> 4.9 orders/s: below min volume
+    assert not surging(b, 4.9, CFG)
+
+
+def test_no_trip_before_the_baseline_is_trusted() -> None:
+    b = warm(10, ticks=5)
+    assert observe(b, 100, 6, CFG, 0).state == CLOSED
+
+
+def test_surge_does_not_teach_the_baseline() -> None:
+    b = observe(warm(10), 50, 100, CFG, 0)
+    for t in range(5):
+        b = observe(b, 50, 101 + t, CFG, 10)
+    assert b.state == OPEN and abs(b.baseline - 10) < 1e-6
+
+
+def test_open_then_calm_window_then_half_open_then_closed_when_drained() -> None:
+    b = observe(warm(10), 50, 100, CFG, held=0)
+    for t in range(9):
+        b = observe(b, 10, 101 + t, CFG, held=30)
+        assert b.state == OPEN
+    b = observe(b, 10, 110, CFG, held=30)
+    assert b.state == HALF_OPEN
+    b = observe(b, 10, 111, CFG, held=5)
+    assert b.state == HALF_OPEN
+    assert observe(b, 10, 112, CFG, held=0).state == CLOSED
+
+
+def test_half_open_trips_again_if_the_surge_persists() -> None:
+    b = drain(observe(warm(10), 50, 100, CFG, 0), 101)
+    b = observe(b, 60, 102, CFG, held=10)
+    assert b.state == OPEN and b.trips == 2
+
+
+def test_operator_trip_stays_open_until_an_operator_acts() -> None:
+    b = trip(warm(10), 100)
+    for t in range(30):
+        b = observe(b, 10, 101 + t, CFG, held=3)
+    assert b.state == OPEN
+    assert drain(b, 200, rate=7).state == HALF_OPEN
+
+
+def test_token_bucket_limits_the_drain_rate() -> None:
+    b = drain(Breaker("k"), 0.0, rate=10)
+    released = 0
+    for i in range(1, 51):  # 5 s in 0.1 s steps
+        b, n = take_tokens(b, i / 10, CFG, wanted=1000)
+        released += n
+    assert 45 <= released <= 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0.01, 3.0), st.integers(0, 1000)), min_size=1, max_size=60),
+       rate=st.floats(0.5, 200))
+def test_never_drains_faster_than_the_configured_rate(steps, rate) -> None:
+    b = drain(Breaker("k"), 0.0, rate=rate)
+    now = 0.0
+    released = 0
+    for dt, wanted in steps:
+        now += dt
+        b, n = take_tokens(b, now, CFG, wanted)
+        assert 0 <= n <= wanted
+        released += n
+    assert released <= rate * now + rate  # at most one second of burst
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 300), st.integers(0, 50)), min_size=1, max_size=80))
+def test_no_sequence_closes_a_breaker_with_orders_still_held(seq) -> None:
+    b = warm(10)
+    for t, (rate, held) in enumerate(seq):
+        prev = b
+        b = observe(b, rate, 100 + t, CFG, held)
+        if prev.state != CLOSED and b.state == CLOSED:
+            assert held == 0, "a breaker only closes once every held order is released"
+
+
+def test_keys_and_priority_bypass() -> None:
+    assert keys_for("jd", ["A", "B", "A"]) == ["channel:jd", "sku:A", "sku:B"]
+    holding = {"sku:B"}
+    assert must_hold(holding, "jd", ["A", "B"], priority=4, cfg=CFG) == ["sku:B"]
+    assert must_hold(holding, "jd", ["A", "B"], priority=1, cfg=CFG) == []

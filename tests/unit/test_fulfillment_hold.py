@@ -1,0 +1,63 @@
+"""Held orders in the order-side state machine (pure): held orders are never reserved until released,
+released exactly once, and rejected ones end cancelled."""
+
+from __future__ import annotations
+
+from peakroute.domain.catalog import Catalog, CatalogItem
+from peakroute.domain.fulfillment import CANCELLED, HELD, RESERVING, OrderRouter, StockView
+from peakroute.domain.network import Network, Warehouse
+
+NET = Network(warehouses=(Warehouse("WH-A", "A", 30, 120, frozenset({"*"}), 100, "16:00",
+                                    frozenset({"douyin"})),))
+ROUTER = OrderRouter(NET, Catalog({"S": CatalogItem("S", "S", "beauty", 100)}))
+VIEW = StockView(lambda s, w: 10, lambda w: 10)
+
+
+def order(status: str = "paid", updated: str = "2026-11-11T00:00:05Z") -> dict:
+    return {"order_id": "douyin:1", "channel": "douyin", "channel_order_id": "1", "status": status,
+            "created_at": "2026-11-11T00:00:00Z", "paid_at": "2026-11-11T00:00:05Z", "updated_at": updated,
+            "payment_fen": 100, "freight_fen": 0, "urgent": False, "reserve_on": "payment",
+            "lines": [{"line_id": "1", "sku": "S", "channel_sku_id": "S", "qty": 1, "unit_price_fen": 100,
+                       "paid_fen": 100, "gift": False}],
+            "ship_to": {"province": "浙江省", "province_code": "33", "city": "", "district": ""}}
+
+
+def held_state():
+    state, fx = ROUTER.on_order(None, order(), VIEW, "t0", hold_keys=["channel:douyin"])
+    return state, fx
+
+
+def test_a_held_order_is_not_reserved_and_goes_to_review() -> None:
+    state, fx = held_state()
+    assert state["status"] == HELD and not fx.stock_ops
+    assert fx.held == [("channel:douyin", "douyin:1")]
+    assert fx.review[0]["type"] == "held" and fx.review[0]["breaker"] == "channel:douyin"
+    assert [e["event"] for e in fx.events] == ["accepted", "held"]
+
+
+def test_resends_while_held_stay_held() -> None:
+    state, _ = held_state()
+    state, fx = ROUTER.on_order(state, order(updated="2026-11-11T00:01:00Z"), VIEW, "t1")
+    assert state["status"] == HELD and not fx.stock_ops
+
+
+def test_release_reserves_once() -> None:
+    state, _ = held_state()
+    state, fx = ROUTER.on_release(state, VIEW, "t1")
+    assert state["status"] == RESERVING and len(fx.stock_ops) == 1 and fx.unheld == ["douyin:1"]
+    again, fx2 = ROUTER.on_release(state, VIEW, "t2")
+    assert again is state and not fx2.stock_ops
+
+
+def test_reject_cancels_without_touching_stock() -> None:
+    state, _ = held_state()
+    state, fx = ROUTER.on_reject(state, "t1", by="operator:ann")
+    assert state["status"] == CANCELLED and not fx.stock_ops
+    assert fx.review[0]["type"] == "rejected" and fx.events[-1]["event"] == "cancelled"
+    assert ROUTER.on_release(state, VIEW, "t2")[1].stock_ops == []
+
+
+def test_channel_cancel_while_held_unholds() -> None:
+    state, _ = held_state()
+    state, fx = ROUTER.on_order(state, order("cancelled", updated="2026-11-11T00:02:00Z"), VIEW, "t1")
+    assert state["status"] == CANCELLED and fx.unheld == ["douyin:1"] and not fx.stock_ops
