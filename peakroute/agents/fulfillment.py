@@ -44,12 +44,17 @@ class BatchView:
 
     def __init__(self, available: dict[tuple[str, str], int], capacity_left: dict[str, int], blind: bool) -> None:
         self._available = available
+        self._known = {sku for sku, _ in available}
         self._capacity = capacity_left
         self.blind = blind
         self.view = StockView(available=self.available, capacity_left=lambda w: self._capacity.get(w, 0))
 
     def available(self, sku: str, wh: str) -> int:
-        return UNKNOWN_AVAILABLE if self.blind else self._available.get((sku, wh), 0)
+        # A SKU the view has never heard of (its owner has not published yet) is unknown, not
+        # out of stock: plan optimistically and let the owner decide.
+        if self.blind or sku not in self._known:
+            return UNKNOWN_AVAILABLE
+        return self._available.get((sku, wh), 0)
 
     def planned(self, ops: list[dict]) -> None:
         for op in ops:
@@ -129,7 +134,12 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                     skus.update(line["sku"] for line in doc.get("lines", []))
                 else:
                     for reply in doc.get("replies", []):
-                        skus.add(reply.get("sku", ""))
+                        if "sku" in reply:
+                            skus.add(reply["sku"])
+                        else:  # a control message (release, reject, expire): the order's own SKUs
+                            state = state_table.get(reply.get("order_id"))
+                            if state and state.get("order"):
+                                skus.update(line["sku"] for line in state["order"]["lines"])
             view = await batch_view(skus - {""})
             holding = await holding_keys()
             fx = Effects()

@@ -69,6 +69,18 @@ def unique_app_id(prefix: str = "it") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def caught_up(consumer: Consumer) -> bool:
+    """Assigned, and at the end of every assigned partition (so nothing already written is unread)."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return False
+    for tp in consumer.position(assigned):
+        _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        if high > 0 and (tp.offset < 0 or tp.offset < high):
+            return False
+    return True
+
+
 def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], bool], timeout: float = 60.0,
                keep: Callable[[dict], bool] = lambda _r: True) -> list[dict]:
     """Read ``topic`` from the beginning, decoding JSON values, until caught up with ``until(records)``
@@ -86,7 +98,7 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], boo
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
-                if until(records):
+                if caught_up(consumer) and until(records):
                     return records
                 continue
             if msg.error():
