@@ -7,6 +7,7 @@ computed by reading the output topics back (not from the worker's own counters).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -37,6 +38,9 @@ def _child_env(settings: Settings) -> dict[str, str]:
                 "PEAKROUTE_PARTITIONS": str(settings.partitions)})
     for ch, secret in settings.webhook_secrets.items():
         env[f"PEAKROUTE_WEBHOOK_SECRET_{ch.upper()}"] = secret
+    # A one-minute demo needs a breaker that learns in seconds, and drains in seconds.
+    env.setdefault("PEAKROUTE_BREAKER_WINDOW_S", "4")
+    env.setdefault("PEAKROUTE_BREAKER_DRAIN_RATE", "120")
     return env
 
 
@@ -179,7 +183,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     from .domain.catalog import load_catalog
     from .domain.network import load_network
     from .stack import LocalStack, StackError
-    from .streams.topics import INVENTORY, ORDER_EVENTS, STOCK_OPS, STOCK_REPLIES, fulfillment_topic, topic_specs
+    from .streams.topics import INVENTORY, ORDER_EVENTS, REVIEW, STOCK_OPS, STOCK_REPLIES, fulfillment_topic, topic_specs
 
     if not settings.webhook_secrets:  # demo-only secrets, generated per run, never printed
         settings = replace(settings, webhook_secrets={ch: secrets.token_hex(16) for ch in CHANNELS})
@@ -192,11 +196,11 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
         say(f"error: {exc}")
         return 1
     wh_topics = [fulfillment_topic(w.code) for w in network.warehouses]
-    watch = [ORDERS, DLQ, ORDER_EVENTS, *RAW_TOPICS]
+    watch = [ORDERS, DLQ, ORDER_EVENTS, REVIEW, *RAW_TOPICS]
     start = end_offsets(settings.kafka_bootstrap, watch)
 
     sim = PeakSaleSimulator(rate=rate, duration_s=duration_s, seed=seed, catalog=catalog,
-                            surge=parse_surge("default") if surge else None,
+                            surge=parse_surge("duration=20") if surge else None,
                             # Unpaid orders lapse within the run so the demo shows expiries (channels use ~30 min).
                             pay_timeout_s=max(10, int(duration_s // 2)))
     hot = sim.default_surge_sku()
@@ -225,6 +229,8 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
         stats = run_simulation(sim, producer, realtime=True, progress=progress)
         print(file=sys.stderr)
         waited = wait_idle(settings, worker, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES])
+        waited += wait_breakers_closed(settings)
+        waited += wait_idle(settings, worker, [ORDERS, STOCK_OPS, STOCK_REPLIES])
         time.sleep(2)
         say(f"▶ 6/6 summary (read back from the topics; caught up {waited:.1f} s after the last order)")
         end = end_offsets(settings.kafka_bootstrap, watch)
@@ -233,6 +239,8 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
         orders = rng(ORDERS)
         dlq = rng(DLQ)
         events = rng(ORDER_EVENTS)
+        review = [v for _, v in rng(REVIEW)]
+        trips = asyncio.run(_breaker_trips(settings))
         raw_times = _raw_ingest_times(settings, start, end)
         # The independent oversell check reads the whole history of stock and warehouse requests.
         everything = end_offsets(settings.kafka_bootstrap, [INVENTORY, *wh_topics])
@@ -240,7 +248,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
                                                                             if k[0] == INVENTORY})]
         requests = [v for _, v in read_range(settings.kafka_bootstrap, {}, {k: v for k, v in everything.items()
                                                                            if k[0] != INVENTORY})]
-        print(summary(stats, orders, [v for _, v in dlq], events, inventory, requests, raw_times))
+        print(summary(stats, orders, [v for _, v in dlq], events, inventory, requests, raw_times, review, trips))
     finally:
         if not keep_running:
             _stop(worker)
@@ -248,6 +256,44 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     say(f"logs: {settings.state_path / 'logs'}   metrics: http://127.0.0.1:9100/metrics (while a worker runs)")
     say(f"try:  peakroute stock show {hot}   |   peakroute stack down")
     return 0
+
+
+def wait_breakers_closed(settings: Settings, timeout: float = 240) -> float:
+    """Wait until no breaker holds orders any more (held orders drained); return seconds waited."""
+    from .tables.breaker_store import BreakerStore
+
+    async def holding() -> tuple[int, list[str]]:
+        store = BreakerStore(settings.redis_url)
+        try:
+            breakers = await store.all()
+            keys = [k for k, b in breakers.items() if b.holding]
+            held = await store.held_count(breakers)
+            return sum(held.values()), keys
+        finally:
+            await store.close()
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        n, keys = asyncio.run(holding())
+        print(f"\r  breakers draining: {n:6d} orders held by {', '.join(keys) or 'none'}        ",
+              end="", file=sys.stderr, flush=True)
+        if n == 0 and not keys:
+            print(file=sys.stderr)
+            return time.monotonic() - started
+        time.sleep(1)
+    print(file=sys.stderr)
+    say("  (breakers still draining; the summary shows the orders still held)")
+    return time.monotonic() - started
+
+
+async def _breaker_trips(settings: Settings) -> dict[str, int]:
+    from .tables.breaker_store import BreakerStore
+
+    store = BreakerStore(settings.redis_url)
+    try:
+        return {k: b.trips for k, b in (await store.all()).items() if b.trips}
+    finally:
+        await store.close()
 
 
 def _raw_ingest_times(settings: Settings, start: dict, end: dict) -> dict[str, int]:
@@ -281,7 +327,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def summary(stats: object, orders: list[tuple[int, dict]], dlq: list[dict], events: list[tuple[int, dict]],
-            inventory: list[dict], requests: list[dict], raw_times: dict[str, int]) -> str:
+            inventory: list[dict], requests: list[dict], raw_times: dict[str, int],
+            review: list[dict] | None = None, trips: dict[str, int] | None = None) -> str:
     from .domain.reconcile import check_oversell
 
     by_kind = getattr(stats, "by_kind", {}) or {}
@@ -327,6 +374,14 @@ def summary(stats: object, orders: list[tuple[int, dict]], dlq: list[dict], even
     if lat:
         lines.append(f"ingest → routed latency: p50 {_pct(lat, 0.5) * 1000:.0f} ms, p99 {_pct(lat, 0.99) * 1000:.0f} ms, "
                      f"max {max(lat) * 1000:.0f} ms  ({len(lat):,} orders)")
+    review = review or []
+    kinds = Counter(r["type"] for r in review)
+    held_by = Counter(r["breaker"] for r in review if r["type"] == "held")
+    lines.append(f"surge breaker: trips {', '.join(f'{k} ×{n}' for k, n in sorted((trips or {}).items())) or 'none'}; "
+                 f"held {kinds['held']:,} ({', '.join(f'{k} {n:,}' for k, n in held_by.most_common(3))}) → "
+                 f"released by draining {kinds['released']:,}, approved {kinds['approved']:,}, "
+                 f"rejected {kinds['rejected']:,}, cancelled by the channel {kinds['cancelled']:,}, still held "
+                 f"{kinds['held'] - kinds['released'] - kinds['approved'] - kinds['rejected'] - kinds['cancelled']:,}")
     report = check_oversell(inventory, requests)
     verdict = "ZERO OVERSELL" if report.ok else f"OVERSOLD at {len(report.violations)} (SKU, warehouse) pairs"
     lines.append(f"independent check (inventory vs. warehouse requests): {verdict} — "

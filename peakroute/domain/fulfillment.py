@@ -305,6 +305,8 @@ class OrderRouter:
             return state, fx
         if state["status"] == HELD and state["order_id"] not in fx.unheld:
             fx.unheld.append(state["order_id"])
+            fx.review.append({"type": "cancelled", "order_id": state["order_id"], "breaker": state.get("held_by"),
+                              "by": "channel", "at": now})
         state, more = self._unwind(state, now, reason)
         fx.extend(more)
         state = {**state, "status": CANCELLED, "plan": [], "replies": {}}

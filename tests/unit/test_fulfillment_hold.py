@@ -61,3 +61,4 @@ def test_channel_cancel_while_held_unholds() -> None:
     state, _ = held_state()
     state, fx = ROUTER.on_order(state, order("cancelled", updated="2026-11-11T00:02:00Z"), VIEW, "t1")
     assert state["status"] == CANCELLED and fx.unheld == ["douyin:1"] and not fx.stock_ops
+    assert fx.review[0]["type"] == "cancelled"
