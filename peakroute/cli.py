@@ -63,6 +63,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from .metrics.reconciler import run_reconciler
+
+    run_reconciler(settings, args.metrics_port)
+    return 0
+
+
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     from .api import run_api
 
@@ -282,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: none)")
     w.add_argument("--loglevel", default="warning", help="faust log level (default warning)")
     w.set_defaults(func=_worker)
+
+    rc = sub.add_parser("reconcile", help="independent oversell watchdog (metrics only)",
+                        description="Read peakroute.inventory and every peakroute.fulfillment.* topic from the "
+                                    "beginning and export, on --metrics-port, the units promised beyond on-hand "
+                                    "minus safety stock (must be 0). Independent of the router's own state.")
+    rc.add_argument("--metrics-port", type=int, default=9200)
+    rc.set_defaults(func=_reconcile)
 
     a = sub.add_parser("api", help="run the HTTP service (webhooks, order status, stock)",
                        description="Run the stateless HTTP service: POST /channels/{channel}/orders "

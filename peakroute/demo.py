@@ -200,6 +200,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     start = end_offsets(settings.kafka_bootstrap, watch)
 
     sim = PeakSaleSimulator(rate=rate, duration_s=duration_s, seed=seed, catalog=catalog,
+                            start_epoch=time.time() + 5,  # live timestamps: order-to-routed latency is real
                             surge=parse_surge("duration=20") if surge else None,
                             # Unpaid orders lapse within the run so the demo shows expiries (channels use ~30 min).
                             pay_timeout_s=max(10, int(duration_s // 2)))
@@ -211,9 +212,10 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
                                                    scarce={hot: scarce_units}))
     say(f"  {n} stock snapshots for {len(catalog)} SKUs × {len(network.warehouses)} warehouses")
 
-    say(f"▶ 3/6 starting worker (metrics on :9100) and api (webhooks, status on :{settings.http_port})")
+    say(f"▶ 3/6 starting worker (metrics :9100), reconciler (metrics :9200) and api (:{settings.http_port})")
     worker = _spawn(settings, ["worker", "--metrics-port", "9100"], "worker.log")
     api = _spawn(settings, ["api"], "api.log")
+    reconciler = _spawn(settings, ["reconcile", "--metrics-port", "9200"], "reconciler.log")
     try:
         say("▶ 4/6 webhook showcase")
         for line in _webhook_showcase(settings):
@@ -253,7 +255,10 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
         if not keep_running:
             _stop(worker)
             _stop(api)
-    say(f"logs: {settings.state_path / 'logs'}   metrics: http://127.0.0.1:9100/metrics (while a worker runs)")
+            _stop(reconciler)
+    say(f"logs: {settings.state_path / 'logs'}")
+    say("metrics (while running, e.g. with --keep-running): worker http://127.0.0.1:9100/metrics, "
+        "reconciler http://127.0.0.1:9200/metrics; dashboards and alerts: deploy/grafana, deploy/prometheus")
     say(f"try:  peakroute stock show {hot}   |   peakroute stack down")
     return 0
 

@@ -357,24 +357,38 @@ def find_redis_server() -> str | None:
 
 def ensure_redis_server(log: Log = print) -> str:
     """Path of ``redis-server``, installing it with apt-get when running as root."""
-    global _APT_UPDATED
     found = find_redis_server()
     if found:
         return found
-    hint = "redis-server not found: install it with 'sudo apt-get install redis-server'"
+    return ensure_debian_binary("redis-server", "redis-server", log, find=find_redis_server)
+
+
+def ensure_debian_binary(binary: str, package: str, log: Log = print,
+                         find: Callable[[], str | None] | None = None) -> str:
+    """Path of ``binary``; installs Debian's ``package`` with apt-get when missing and running as root.
+
+    Used for redis-server, and for prometheus/promtool in the observability tests.
+    """
+    global _APT_UPDATED
+    find = find or (lambda: shutil.which(binary) or next(
+        (p for p in (f"/usr/bin/{binary}", f"/usr/sbin/{binary}") if os.access(p, os.X_OK)), None))
+    found = find()
+    if found:
+        return found
+    hint = f"{binary} not found: install it with 'sudo apt-get install {package}'"
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise StackError(hint)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log("installing redis-server with apt-get (first run only)…")
+    log(f"installing {package} with apt-get (first run only)…")
     steps = ([] if _APT_UPDATED else [["apt-get", "update"]]) + [
-        ["apt-get", "install", "-y", "redis-server"]]
-    # Keep the package's own system service from starting on 6379 (it would then block our own
-    # redis-server): a temporary policy-rc.d tells invoke-rc.d "no services", as Docker images do.
+        ["apt-get", "install", "-y", "--no-install-recommends", package]]
+    # Keep the package's own system service from starting (it could take our ports): a temporary
+    # policy-rc.d tells invoke-rc.d "no services", as Docker images do.
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = False
     try:
         if not policy.exists():
-            policy.write_text("#!/bin/sh\n# written by peakroute while installing redis-server\nexit 101\n")
+            policy.write_text("#!/bin/sh\n# written by peakroute while installing a package\nexit 101\n")
             policy.chmod(0o755)
             made_policy = True
     except OSError:
@@ -393,7 +407,7 @@ def ensure_redis_server(log: Log = print) -> str:
     finally:
         if made_policy:
             policy.unlink(missing_ok=True)
-    found = find_redis_server()
+    found = find()
     if not found:
         raise StackError(hint)
     return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +33,10 @@ from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import BATCH_MAX, BATCH_WITHIN_S, by_partition, dead_letter_exception, die, in_event, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def now_iso() -> str:
@@ -81,6 +86,56 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             log.warning("stock view unavailable (redis): %s; planning without it", exc)
             return BatchView({}, {w: 1 for w in codes}, blind=True)
         return BatchView(avail, {w: capacity[w] - used.get(w, 0) for w in codes}, blind=False)
+
+    backorders: Counter[str] = Counter()
+
+    def observe_outcomes(state: dict, fx: Effects) -> None:
+        """Outcome counters and end-to-end latencies, from the events a transition produced."""
+        order = state.get("order") or {}
+        channel = order.get("channel", "-")
+        now = time.time()
+        for ev in fx.events:
+            kind = ev["event"]
+            if kind in ("routed", "split"):
+                m.ORDER_OUTCOMES.labels(channel, kind).inc()
+                for wh in ev["warehouses"]:
+                    m.ROUTED_BY_WAREHOUSE.labels(wh, channel).inc()
+                if state.get("ingest"):
+                    m.INGEST_TO_ROUTED.labels(channel).observe(max(0.0, now - state["ingest"]))
+                origin = order.get("paid_at") or order.get("created_at")
+                if origin:
+                    m.ORDER_TO_ROUTED.labels(channel).observe(max(0.0, now - _epoch(origin)))
+                if kind == "split":
+                    m.RESOLUTIONS.labels("split").inc()
+                if state.get("attempt", 1) > 1:
+                    m.RESOLUTIONS.labels("rerouted").inc()
+            elif kind == "backordered":
+                m.ORDER_OUTCOMES.labels(channel, kind).inc()
+                backorders.update(line["sku"] for line in order.get("lines", []) if not line["gift"])
+            elif kind == "held":
+                m.ORDER_OUTCOMES.labels(channel, kind).inc()
+                m.RESOLUTIONS.labels("manual_review").inc()
+            elif kind == "cancelled":
+                m.ORDER_OUTCOMES.labels(channel, "rejected" if ev.get("reason") == "rejected_in_review"
+                                        else "cancelled").inc()
+                if ev.get("reason") == "channel_cancelled" and order.get("updated_at"):
+                    m.CANCEL_PROPAGATION.observe(max(0.0, now - _epoch(order["updated_at"])))
+
+    @app.timer(interval=5.0, on_leader=False)
+    async def export_gauges() -> None:
+        """Top stock-outs, consumer lag and table sizes for the dashboards."""
+        for sku, n in backorders.most_common(20):
+            m.STOCKOUTS.labels(sku).set(n)
+        try:
+            monitor = app.monitor
+            for tp, end in dict(monitor.tp_end_offsets).items():
+                read = monitor.tp_read_offsets.get(tp)
+                if read is not None:
+                    m.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - read - 1))
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
+            log.debug("lag not exported: %r", exc)
+        for name, table in app.tables.items():
+            m.TABLE_KEYS.labels(name).set(len(table))
 
     async def holding_keys() -> set[str]:
         try:
@@ -167,6 +222,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                                                           breaker_cfg)
                             new, one = router.on_order(state, item, view.view, now_iso(), hold_keys)
                             new["p"] = partition
+                            if event.message.timestamp:
+                                new["ingest"] = event.message.timestamp
                             held += [{"key": key, "order_id": oid_, "partition": partition, "held_at": time.time(),
                                       "channel": item["channel"], "skus": [ln["sku"] for ln in item["lines"]]}
                                      for key, oid_ in one.held]
@@ -182,6 +239,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                             new, one = router.on_reply(state, item, view.view, now_iso())
                         if new is not None and new is not state:
                             state_table[oid] = new
+                        if one.events and new is not None:
+                            observe_outcomes(new, one)
                         view.planned(one.stock_ops)
                         pending_ops += [(sku_partition(op["sku"], partitions), {**op, "reply_to": partition})
                                         for op in one.stock_ops]

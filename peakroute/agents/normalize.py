@@ -90,7 +90,8 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                         await send_dead_letter(dlq, event, channel=channel, stage="normalize", reason=rej.code,
                                                field=rej.field, detail=rej.detail)
                     elif out.value is not None and out.version is not None and out.order_id is not None:
-                        await orders.send(key=out.order_id.encode(), value=out.value)
+                        # Keep the raw topic's timestamp (ingest time): end-to-end latency is measured from it.
+                        await orders.send(key=out.order_id.encode(), value=out.value, timestamp=msg.timestamp)
                         versions[out.order_id] = out.version.to_dict()
                         m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
                         if msg.timestamp:

@@ -56,3 +56,31 @@ BREAKER_DRAIN_RATE = Gauge("peakroute_breaker_drain_rate", "Orders/s released wh
 HELD_ORDERS = Gauge("peakroute_held_orders", "Orders held for review by a breaker", ["key"])
 BREAKER_TRIPS = Counter("peakroute_breaker_trips_total", "Times a breaker opened", ["key"])
 BREAKER_DRAINED = Counter("peakroute_breaker_drained_total", "Held orders released by draining", ["key"])
+
+# End to end and outcomes (issue 5).  Buckets span 1 ms .. 60 s: a peak's good and bad minutes.
+E2E_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+INGEST_TO_ROUTED = Histogram(
+    "peakroute_ingest_to_routed_seconds", "Raw topic timestamp (ingest) to shipment request sent",
+    ["channel"], buckets=E2E_BUCKETS)
+ORDER_TO_ROUTED = Histogram(
+    "peakroute_order_to_routed_seconds", "Channel order time (paid, or created for reserve-at-order) to routed",
+    ["channel"], buckets=E2E_BUCKETS + (120, 300, 600))
+CANCEL_PROPAGATION = Histogram(
+    "peakroute_cancel_propagation_seconds",
+    "Channel cancel (its update time) to cancel request sent to the warehouse (field health metric: <= 8 min)",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 480, 900))
+ORDER_OUTCOMES = Counter(
+    "peakroute_order_outcomes_total", "Orders by outcome: routed, split, backordered, held, cancelled, rejected",
+    ["channel", "outcome"])
+ROUTED_BY_WAREHOUSE = Counter(
+    "peakroute_routed_shipments_total", "Shipment requests by warehouse and channel", ["warehouse", "channel"])
+RESOLUTIONS = Counter(
+    "peakroute_exception_resolutions_total",
+    "Orders that needed more than a plain route: resolved automatically (rerouted, split) or sent to manual review",
+    ["how"])
+STOCKOUTS = Gauge(
+    "peakroute_stockout_backorders", "Backordered order lines per SKU (top 20 SKUs of this worker only)", ["sku"])
+CONSUMER_LAG = Gauge(
+    "peakroute_consumer_lag_messages", "Messages not yet read, per topic and partition assigned here",
+    ["topic", "partition"])
+TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (active and standby partitions)", ["table"])
