@@ -10,6 +10,7 @@ until every raw message and every internal message it caused is committed (consu
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,11 @@ def main() -> None:
         print(f"backlog: {raw} raw payloads ({stats.by_kind})", flush=True)
         topics = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
         t0 = time.monotonic()
-        workers = [subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0"], env=env,
+        profile = os.environ.get("PEAKROUTE_BENCH_PYSPY")  # e.g. /tmp/prof.txt: profile worker 0 with py-spy
+        prefix = [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-o", profile, "--"] \
+            if profile else []
+        workers = [subprocess.Popen([*(prefix if i == 0 else []), sys.executable, "-m", "peakroute", "worker",
+                                     "--metrics-port", "0"], env=env,
                                     stdout=open(Path(tmp) / f"w{i}.log", "wb"), stderr=subprocess.STDOUT)
                    for i in range(args.workers)]
         try:
@@ -72,7 +77,7 @@ def main() -> None:
                   f"(incl. ~startup): {raw / el:.0f} payloads/s")
         finally:
             for w in workers:
-                w.terminate()
+                w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
                 w.wait()
 
 

@@ -98,3 +98,64 @@ def die(stage: str, exc: BaseException) -> None:
     log.critical("%s: unrecoverable plumbing failure, exiting for a clean re-read: %r", stage, exc)
     logging.shutdown()
     os._exit(70)
+
+
+_DELETED = object()
+
+
+class BatchWrites:
+    """Table writes of one batch, applied once per key at the end of the batch.
+
+    Many operations of a batch touch the same key (one hot SKU's stock level, one order's state
+    as its replies arrive); faust sends a changelog record for every write, so coalescing them is
+    the cheapest large win.  Reads see the batch's own writes.  Each key remembers the event it was
+    written under, so its one changelog record goes to that event's partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.event: faust.EventT | None = None
+        self._dirty: dict[Any, Any] = {}
+        self._events: dict[Any, faust.EventT] = {}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self._dirty:
+            v = self._dirty[key]
+            return default if v is _DELETED else v
+        return self.table.get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key, _DELETED) is not _DELETED
+
+    def __getitem__(self, key: Any) -> Any:
+        v = self.get(key, _DELETED)
+        if v is _DELETED:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._dirty[key] = value
+        self._events[key] = self.event  # type: ignore[assignment]
+
+    def __delitem__(self, key: Any) -> None:
+        self._dirty[key] = _DELETED
+        self._events[key] = self.event  # type: ignore[assignment]
+
+    def values(self) -> list[Any]:
+        merged = {k: v for k, v in self.table.items() if k not in self._dirty}
+        merged.update({k: v for k, v in self._dirty.items() if v is not _DELETED})
+        return list(merged.values())
+
+    def flush(self) -> int:
+        """Write every changed key once; return how many changelog records that took."""
+        for key, value in self._dirty.items():
+            in_event(self._events[key])
+            if value is _DELETED:
+                if key in self.table:
+                    del self.table[key]
+            else:
+                self.table[key] = value
+        n = len(self._dirty)
+        self._dirty.clear()
+        self._events.clear()
+        return n

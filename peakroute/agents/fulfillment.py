@@ -30,7 +30,7 @@ from ..streams.topics import ORDERS, fulfillment_topic
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, by_partition, dead_letter_exception, die, in_event, sku_partition
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
 
@@ -73,6 +73,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
              breaker_cfg: BreakerConfig, partitions: int) -> Any:
     router = OrderRouter(network, catalog)
+    states = BatchWrites(state_table)
     codes = [w.code for w in network.warehouses]
     capacity = {w.code: w.daily_capacity for w in network.warehouses}
     wh_topics = {code: app.topic(fulfillment_topic(code), key_type=bytes, value_type=bytes, partitions=partitions)
@@ -157,6 +158,13 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             m.ORDER_EVENTS.labels(ev["event"]).inc()
             if ev["event"] in ("routed", "split"):
                 claims += [(wh, ev["order_id"]) for wh in ev["warehouses"]]
+        if fx.events:
+            # The "where is my order?" projection, written from the very events just sent (one
+            # Redis round trip per batch instead of a second consumer of peakroute.order-events).
+            try:
+                await views.project_events(fx.events)
+            except Exception as exc:  # noqa: BLE001 - a projection; the events topic stays the record
+                log.warning("order status projection not updated (redis): %s", exc)
         for record in fx.review:
             await review.send(key=record["order_id"].encode(), value=dumps(record))
         if claims:
@@ -192,7 +200,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         if "sku" in reply:
                             skus.add(reply["sku"])
                         else:  # a control message (release, reject, expire): the order's own SKUs
-                            state = state_table.get(reply.get("order_id"))
+                            state = states.get(reply.get("order_id"))
                             if state and state.get("order"):
                                 skus.update(line["sku"] for line in state["order"]["lines"])
             view = await batch_view(skus - {""})
@@ -202,7 +210,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             counted: list[str] = []
             held: list[dict] = []
             for event, doc in decoded:
-                in_event(event)
+                states.event = event
                 partition = event.message.partition
                 try:
                     if event.message.topic == ORDERS:
@@ -211,7 +219,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         items = [("reply", r) for r in doc["replies"]]
                     for kind, item in items:
                         oid = item["order_id"]
-                        state = state_table.get(oid)
+                        state = states.get(oid)
                         if kind == "order":
                             hold_keys: list[str] = []
                             if router.wants_stock(item) and (state is None or state["status"] == "waiting"):
@@ -238,7 +246,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         else:
                             new, one = router.on_reply(state, item, view.view, now_iso())
                         if new is not None and new is not state:
-                            state_table[oid] = new
+                            states[oid] = new
                         if one.events and new is not None:
                             observe_outcomes(new, one)
                         view.planned(one.stock_ops)
@@ -250,6 +258,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         fx.unheld += one.unheld
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
+            states.flush()
             try:
                 await flush(pending_ops, fx, counted, held)
             except Exception as exc:  # noqa: BLE001

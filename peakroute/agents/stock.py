@@ -20,14 +20,15 @@ from ..domain.ledger import Ledger, apply_ops
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.redis_views import RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, by_partition, dead_letter_exception, die, in_event
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
 
 log = logging.getLogger("peakroute.stock")
 
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              levels: Any, holds: Any, views: RedisViews) -> Any:
-    ledger = Ledger(levels, holds)
+    levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
+    ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
@@ -36,13 +37,19 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
             out: list[dict] = []
             touched: set[tuple[str, str]] = set()
             for event in events:
-                in_event(event)
+                levels_batch.event = holds_batch.event = event
                 try:
-                    replies_, touched_ = apply_ops(ledger, orjson.loads(event.message.value)["ops"])
+                    ops = orjson.loads(event.message.value)["ops"]
+                    for op in ops:
+                        if op.get("short_pick"):
+                            m.SHORT_PICKS.inc(-int(op.get("delta", 0)))
+                    replies_, touched_ = apply_ops(ledger, ops)
                     out += replies_
                     touched |= touched_
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="stock")
+            levels_batch.flush()
+            holds_batch.flush()
             try:
                 for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
                     await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
@@ -52,6 +59,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 m.RESERVATIONS.labels(r["outcome"]).inc()
                 if r["outcome"] == "evicted":
                     m.OVERSOLD_UNITS.inc(r["qty"])
+                    m.OVERSOLD_ORDERS.inc()
             if touched:
                 try:
                     await views.publish_stock((sku, wh, ledger.level(sku, wh)) for sku, wh in touched)

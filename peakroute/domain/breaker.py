@@ -17,7 +17,7 @@ An operator can trip or close a breaker, set its drain rate, approve or reject h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

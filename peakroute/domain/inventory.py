@@ -5,6 +5,8 @@ Message types (UTF-8 JSON objects; a public contract, see README):
 - ``adjustment`` / ``receipt`` — relative: ``{"type": ..., "sku", "warehouse", "delta", "reason"?}``
 - ``shipment_confirmed`` — ``{"type": ..., "order_id", "line_id", "sku", "warehouse"}``: the reserved
   units left the building (reserved becomes shipped, on-hand drops).
+- ``short_pick`` — ``{"type": ..., "sku", "warehouse", "missing", "order_id"?}``: pickers found fewer
+  units than the books say; on-hand drops by ``missing`` (and reservations beyond it are oversold).
 """
 
 from __future__ import annotations
@@ -65,4 +67,7 @@ def parse_inventory(raw: bytes, catalog: Catalog, warehouses: set[str]) -> dict[
     if kind == "shipment_confirmed":
         return {"op": "ship", "sku": sku, "warehouse": wh, "order_id": _str(doc, "order_id"),
                 "line_id": _str(doc, "line_id")}
+    if kind == "short_pick":
+        return {"op": "stock", "sku": sku, "warehouse": wh, "delta": -_int(doc, "missing", minimum=1),
+                "short_pick": True}
     raise Rejection("bad_type", "type", f"unknown inventory message type {kind!r}")

@@ -67,6 +67,8 @@ class OversellLedger:
                 self.safety[key] = int(msg["safety_stock"])
         elif kind in ("adjustment", "receipt"):
             self.on_hand[key] = max(0, self.on_hand[key] + int(msg["delta"]))
+        elif kind == "short_pick":
+            self.on_hand[key] = max(0, self.on_hand[key] - int(msg["missing"]))
         elif kind == "shipment_confirmed":
             line_key = (msg["order_id"], msg["line_id"])
             self.shipped.add(line_key)

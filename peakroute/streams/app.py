@@ -13,7 +13,7 @@
         │ stock         (tables stock-levels, stock-holds, by SKU: the only place a unit is promised)
         └──▶ peakroute.internal.stock-replies
     fulfillment ──▶ peakroute.fulfillment.<warehouse>   shipment / cancel requests for the WMS
-                └─▶ peakroute.order-events ──▶ order-status projection (Redis) ──▶ GET /orders/{id}
+                └─▶ peakroute.order-events   (and the same events projected into Redis ──▶ GET /orders/{id})
 
 Every stream topic has the same partition count, so faust co-partitions each table with its inputs.
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import faust
 
-from ..agents import breaker, fulfillment, inventory, normalize, projection, stock
+from ..agents import breaker, fulfillment, inventory, normalize, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.network import load_network
@@ -57,6 +57,10 @@ def build_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    # faust's own monitor (events, commits, lag per partition…) on the same /metrics as ours.
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    setup_prometheus_sensors(app, name_prefix="faust")
     n = settings.partitions
     catalog = load_catalog(settings.catalog_file or None)
     network = load_network(settings.network_file or None)
@@ -89,5 +93,4 @@ def build_app(settings: Settings) -> faust.App:
                    holds=table("stock-holds", "order_id|line_id -> reservation"))
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,
                        warehouses={w.code for w in network.warehouses}, partitions=n)
-    projection.register(app, order_events=order_events, views=views)
     return app

@@ -17,6 +17,7 @@ never loses an order: the workers put their held orders back (``repair``).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Callable, Iterable
 
 import orjson
@@ -50,14 +51,14 @@ class BreakerStore:
     async def count(self, keys: Iterable[str], now: float | None = None) -> None:
         """Add one order to each key's counter for the current second."""
         sec = int(time.time() if now is None else now)
-        keys = list(keys)
-        if not keys:
+        counts = Counter(keys)
+        if not counts:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for k in keys:
-            pipe.incr(rate_key(k, sec))
+        for k, n in counts.items():  # one INCRBY per key per batch, not one per order
+            pipe.incrby(rate_key(k, sec), n)
             pipe.expire(rate_key(k, sec), 300)
-        pipe.sadd(KEYS, *set(keys))
+        pipe.sadd(KEYS, *counts)
         await pipe.execute()
 
     async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:

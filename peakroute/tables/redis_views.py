@@ -6,8 +6,8 @@
   costs a re-plan, never an oversell.
 - ``peakroute:capacity:<yyyy-mm-dd>:<warehouse>`` set of order ids routed there that day (SADD is
   idempotent under re-delivery; SCARD is the count).
-- ``peakroute:order:<order_id>`` hash (status, warehouses, …) and ``peakroute:order:<order_id>:timeline``
-  hash (one field per distinct event): the "where is my order?" projection of ``peakroute.order-events``.
+- ``peakroute:order:<order_id>`` hash: status, warehouses, … and one ``ev:…`` field per distinct
+  event — the "where is my order?" projection of ``peakroute.order-events``.
 """
 
 from __future__ import annotations
@@ -106,40 +106,53 @@ class RedisViews:
 
     # -- order status --------------------------------------------------------------------------
     async def project_events(self, events: list[dict[str, Any]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        """One HSET + EXPIRE per order per batch: status fields, plus one ``ev:<event|attempt|line|reason>``
+        field per distinct event (re-delivered events overwrite themselves: idempotent)."""
+        per_order: dict[str, dict[str, Any]] = {}
         for ev in events:
             oid = ev["order_id"]
-            key = f"peakroute:order:{oid}"
+            fields = per_order.setdefault(oid, {"order_id": oid})
+            fields["updated_at"] = ev["at"]
             status = EVENT_STATUS.get(ev["event"])
-            fields: dict[str, Any] = {"order_id": oid, "updated_at": ev["at"]}
             if status:
                 fields["status"] = status
             if ev.get("warehouses"):
                 fields["warehouses"] = orjson.dumps(ev["warehouses"])
             if ev.get("channel"):
                 fields["channel"] = ev["channel"]
+            ident = f"{ev['event']}|{ev.get('attempt', '')}|{ev.get('line_id', '')}|{ev.get('reason', '')}"
+            fields["ev:" + ident] = orjson.dumps(ev)
+        if not per_order:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for oid, fields in per_order.items():
+            key = f"peakroute:order:{oid}"
             pipe.hset(key, mapping=fields)
             pipe.expire(key, ORDER_TTL_S)
-            ident = f"{ev['event']}|{ev.get('attempt', '')}|{ev.get('line_id', '')}|{ev.get('reason', '')}"
-            pipe.hsetnx(key + ":timeline", ident, orjson.dumps(ev))
-            pipe.expire(key + ":timeline", ORDER_TTL_S)
-        if events:
-            await pipe.execute()
+        await pipe.execute()
 
     async def order_status(self, order_id: str) -> dict[str, Any] | None:
-        key = f"peakroute:order:{order_id}"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(key)
-        pipe.hvals(key + ":timeline")
-        head, timeline = await pipe.execute()
-        if not head:
+        raw = await self.redis.hgetall(f"peakroute:order:{order_id}")
+        if not raw:
             return None
-        doc: dict[str, Any] = {k.decode(): v.decode() for k, v in head.items()}
+        doc: dict[str, Any] = {}
+        timeline = []
+        for k, v in raw.items():
+            name = k.decode()
+            if name.startswith("ev:"):
+                timeline.append(orjson.loads(v))
+            else:
+                doc[name] = v.decode()
         if "warehouses" in doc:
             doc["warehouses"] = orjson.loads(doc["warehouses"])
-        doc["timeline"] = sorted((orjson.loads(t) for t in timeline), key=lambda e: e["at"])
+        doc["timeline"] = sorted(timeline, key=lambda e: (e["at"], LIFECYCLE.get(e["event"], 5)))
         return doc
 
+
+#: Order of events that share a timestamp (one transition can emit several).
+LIFECYCLE = {"accepted": 0, "held": 1, "on_hold": 1, "released_from_review": 2, "reservation_conflict": 3,
+             "released": 3, "reserved": 4, "routed": 5, "split": 5, "backordered": 5, "oversold": 6,
+             "cancelled": 7, "line_shipped": 8, "shipped": 9}
 
 #: Order event → the status "where is my order?" shows.
 EVENT_STATUS = {

@@ -30,3 +30,9 @@ def test_cancelled_and_shipped_requests_are_not_live() -> None:
                                "line_id": "1"}]
     r = check_oversell(inv, reqs)
     assert r.ok and r.promised == {} and r.on_hand[("A", "W")] == 0
+
+
+def test_short_pick_lowers_on_hand() -> None:
+    r = check_oversell([snap("A", "W", 3), {"type": "short_pick", "sku": "A", "warehouse": "W", "missing": 2}],
+                       [ship("s1", "o1", "A", "W", 2)])
+    assert r.violations == [("A", "W", 2, 1)]
