@@ -159,3 +159,18 @@ class BatchWrites:
         self._dirty.clear()
         self._events.clear()
         return n
+
+
+async def acked(pending: list[Any]) -> None:
+    """Wait until Kafka acknowledged every send in ``pending`` (the futures ``topic.send`` returns).
+
+    The rule that makes a crash safe: a stage's *effects* (messages to other stages) must be durable
+    before its *memory* of having produced them (table changelog).  Otherwise a kill -9 between the
+    two leaves a table that says "done" for work whose messages never left, and the re-read after
+    restart skips it — a lost order.  So: send, wait for the acks, then write the tables.
+    """
+    import asyncio
+
+    if pending:
+        await asyncio.gather(*pending)
+        pending.clear()

@@ -30,7 +30,7 @@ from ..streams.topics import ORDERS, fulfillment_topic
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die, sku_partition
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, by_partition, dead_letter_exception, die, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
 
@@ -145,16 +145,17 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             log.warning("breaker state unavailable (redis): %s; not holding", exc)
             return set()
 
-    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[str],
+    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[tuple[str, int]],
                     held: list[dict]) -> None:
+        sent: list[Any] = []
         for partition, batch in by_partition(pending_ops).items():
-            await stock_ops.send(key=None, value=dumps({"ops": batch}), partition=partition)
+            sent.append(await stock_ops.send(key=None, value=dumps({"ops": batch}), partition=partition))
         for wh, request in fx.requests:
-            await wh_topics[wh].send(key=request["order_id"].encode(), value=dumps(request))
+            sent.append(await wh_topics[wh].send(key=request["order_id"].encode(), value=dumps(request)))
             m.FULFILLMENT_REQUESTS.labels(wh, request["type"]).inc()
         claims = []
         for ev in fx.events:
-            await order_events.send(key=ev["order_id"].encode(), value=dumps(ev))
+            sent.append(await order_events.send(key=ev["order_id"].encode(), value=dumps(ev)))
             m.ORDER_EVENTS.labels(ev["event"]).inc()
             if ev["event"] in ("routed", "split"):
                 claims += [(wh, ev["order_id"]) for wh in ev["warehouses"]]
@@ -166,7 +167,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             except Exception as exc:  # noqa: BLE001 - a projection; the events topic stays the record
                 log.warning("order status projection not updated (redis): %s", exc)
         for record in fx.review:
-            await review.send(key=record["order_id"].encode(), value=dumps(record))
+            sent.append(await review.send(key=record["order_id"].encode(), value=dumps(record)))
+        await acked(sent)  # effects durable before the order-state table remembers them
         if claims:
             try:
                 await views.claim_capacity_many(claims)
@@ -207,7 +209,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             holding = await holding_keys()
             fx = Effects()
             pending_ops: list[tuple[int, dict]] = []
-            counted: list[str] = []
+            counted: list[tuple[str, int]] = []
             held: list[dict] = []
             for event, doc in decoded:
                 states.event = event
@@ -224,7 +226,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                             hold_keys: list[str] = []
                             if router.wants_stock(item) and (state is None or state["status"] == "waiting"):
                                 skus_ = [ln["sku"] for ln in item["lines"] if not ln["gift"]]
-                                counted += keys_for(item["channel"], skus_)  # a new order for the surge counters
+                                second = int(event.message.timestamp or time.time())  # ingest time
+                                counted += [(k, second) for k in keys_for(item["channel"], skus_)]
                                 if holding:
                                     hold_keys = must_hold(holding, item["channel"], skus_, router.priority_of(item),
                                                           breaker_cfg)
@@ -258,11 +261,11 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                         fx.unheld += one.unheld
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
-            states.flush()
             try:
                 await flush(pending_ops, fx, counted, held)
             except Exception as exc:  # noqa: BLE001
                 die("fulfillment", exc)
+            states.flush()
             m.STAGE_SECONDS.labels("route").observe((time.perf_counter() - started) / max(1, len(events)))
 
     @app.timer(interval=5.0, on_leader=False)

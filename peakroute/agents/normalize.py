@@ -21,7 +21,7 @@ from ..domain.dedup import OrderVersion, Verdict, judge, version_of
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.topics import RAW_PREFIX
-from .common import BATCH_MAX, BATCH_WITHIN_S, dead_letter_exception, die, in_event, send_dead_letter
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, dead_letter_exception, die, send_dead_letter
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -70,16 +70,19 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
     lives on the worker that reads it.
     """
 
+    batch_versions = BatchWrites(versions)
+
     def last_version(order_id: str) -> OrderVersion | None:
-        d = versions.get(order_id)
+        d = batch_versions.get(order_id)
         return OrderVersion.from_dict(d) if d else None
 
     @app.agent(raw, name="normalize", concurrency=concurrency)
     async def normalize_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
+            sent: list[Any] = []
             for event in events:
-                in_event(event)
+                batch_versions.event = event
                 msg = event.message
                 channel = channel_of(msg.topic)
                 try:
@@ -91,8 +94,9 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                                                field=rej.field, detail=rej.detail)
                     elif out.value is not None and out.version is not None and out.order_id is not None:
                         # Keep the raw topic's timestamp (ingest time): end-to-end latency is measured from it.
-                        await orders.send(key=out.order_id.encode(), value=out.value, timestamp=msg.timestamp)
-                        versions[out.order_id] = out.version.to_dict()
+                        sent.append(await orders.send(key=out.order_id.encode(), value=out.value,
+                                                      timestamp=msg.timestamp))
+                        batch_versions[out.order_id] = out.version.to_dict()
                         m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
                         if msg.timestamp:
                             m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
@@ -103,6 +107,11 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                         await dead_letter_exception(dlq, event, exc, channel=channel, stage="normalize")
                     except Exception as exc2:  # noqa: BLE001
                         die("normalize", exc2)
+            try:
+                await acked(sent)  # canonical orders durable before the dedup table remembers them
+            except Exception as exc:  # noqa: BLE001
+                die("normalize", exc)
+            batch_versions.flush()
             m.STAGE_SECONDS.labels("normalize").observe((time.perf_counter() - started) / max(1, len(events)))
 
     return normalize_agent

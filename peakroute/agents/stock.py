@@ -20,7 +20,7 @@ from ..domain.ledger import Ledger, apply_ops
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.redis_views import RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, by_partition, dead_letter_exception, die
 
 log = logging.getLogger("peakroute.stock")
 
@@ -48,13 +48,14 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                     touched |= touched_
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="stock")
-            levels_batch.flush()
-            holds_batch.flush()
             try:
-                for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
-                    await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
+                sent = [await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
+                        for partition, batch in by_partition((r["reply_to"], r) for r in out).items()]
+                await acked(sent)  # replies durable before the holds are remembered
             except Exception as exc:  # noqa: BLE001
                 die("stock", exc)
+            levels_batch.flush()
+            holds_batch.flush()
             for r in out:
                 m.RESERVATIONS.labels(r["outcome"]).inc()
                 if r["outcome"] == "evicted":

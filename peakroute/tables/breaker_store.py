@@ -48,17 +48,20 @@ class BreakerStore:
         await self.redis.aclose()
 
     # -- counting --------------------------------------------------------------------------------
-    async def count(self, keys: Iterable[str], now: float | None = None) -> None:
-        """Add one order to each key's counter for the current second."""
-        sec = int(time.time() if now is None else now)
+    async def count(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Add orders to their keys' counters: (key, epoch second the order was ingested).
+
+        Counting by ingest time, not processing time, keeps a backlog (a worker catching up after a
+        restart) from looking like a surge.
+        """
         counts = Counter(keys)
         if not counts:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for k, n in counts.items():  # one INCRBY per key per batch, not one per order
+        for (k, sec), n in counts.items():  # one INCRBY per key and second per batch
             pipe.incrby(rate_key(k, sec), n)
             pipe.expire(rate_key(k, sec), 300)
-        pipe.sadd(KEYS, *counts)
+        pipe.sadd(KEYS, *{k for k, _ in counts})
         await pipe.execute()
 
     async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:

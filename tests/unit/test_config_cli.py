@@ -21,7 +21,7 @@ def test_settings_never_show_secrets() -> None:
 
 
 @pytest.mark.parametrize("cmd", [[], ["stack"], ["worker"], ["api"], ["normalize"], ["replay"], ["simulate"],
-                                 ["demo"], ["config"], ["stock"], ["breaker"], ["review"], ["reconcile"]])
+                                 ["demo"], ["config"], ["stock"], ["breaker"], ["review"], ["reconcile"], ["audit"]])
 def test_every_command_has_help(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*cmd, "--help"])
