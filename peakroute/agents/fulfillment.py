@@ -206,7 +206,9 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                             if state and state.get("order"):
                                 skus.update(line["sku"] for line in state["order"]["lines"])
             view = await batch_view(skus - {""})
+            breaker_started = time.perf_counter()
             holding = await holding_keys()
+            m.STAGE_SECONDS.labels("breaker").observe((time.perf_counter() - breaker_started) / max(1, len(events)))
             fx = Effects()
             pending_ops: list[tuple[int, dict]] = []
             counted: list[tuple[str, int]] = []
