@@ -33,6 +33,8 @@ from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, by_partition, dead_letter_exception, die, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
+#: A reservation with unanswered lines for this long is asked again (heals a lost message).
+RETRY_AFTER_S = 20.0
 
 
 def _epoch(iso: str) -> float:
@@ -244,6 +246,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
                             continue
                         elif item["outcome"] == "expire":
                             new, one = router.on_expiry(state, now_iso())
+                        elif item["outcome"] == "retry":
+                            new, one = router.on_retry(state, now_iso())
                         elif item["outcome"] == "release":
                             new, one = router.on_release(state, view.view, now_iso(), item.get("by", "breaker_drain"))
                         elif item["outcome"] == "reject":
@@ -272,10 +276,16 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
 
     @app.timer(interval=5.0, on_leader=False)
     async def expire_unpaid() -> None:
-        """Unpaid orders that took stock at order time release it when their expiry passes."""
+        """Unpaid orders that took stock at order time release it when their expiry passes; and
+        reservations waiting more than RETRY_AFTER_S for an answer ask again (heals a lost message)."""
         now = now_iso()
+        stale_before = datetime.fromtimestamp(time.time() - RETRY_AFTER_S, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         due: dict[int, list[dict]] = {}
         for oid, state in list(state_table.items()):
+            if state.get("status") == RESERVING and state.get("since", now) < stale_before:
+                due.setdefault(state.get("p", 0), []).append({"outcome": "retry", "order_id": oid})
+                m.RESERVATION_RETRIES.inc()
             order = state.get("order") or {}
             exp = order.get("expires_at")
             if exp and exp < now and order.get("status") == "pending_payment" and state["status"] in (RESERVING, ROUTED):

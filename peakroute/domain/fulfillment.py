@@ -211,6 +211,25 @@ class OrderRouter:
         fx.unheld.append(state["order_id"])
         return self._cancel(state, now, "rejected_in_review", fx)
 
+    def on_retry(self, state: dict, now: str) -> tuple[dict, Effects]:
+        """A reservation waited too long for some replies: ask again for the lines still unanswered.
+
+        Safe to repeat: the SKU owner answers a request it already granted with the same
+        confirmation (holds are keyed by order and line), so this only heals a lost message.
+        """
+        fx = Effects()
+        if state["status"] != RESERVING:
+            return state, fx
+        order = state["order"]
+        lines = {line["line_id"]: line for line in order["lines"]}
+        for wh, lids in state["plan"]:
+            for lid in lids:
+                if lid not in state["replies"]:
+                    fx.stock_ops.append(self._op("reserve", state["order_id"], lid, lines[lid]["sku"],
+                                                 attempt=state["attempt"], warehouse=wh, qty=int(lines[lid]["qty"]),
+                                                 paid_at=order.get("paid_at") or order["created_at"]))
+        return {**state, "since": now}, fx
+
     def on_expiry(self, state: dict, now: str) -> tuple[dict, Effects]:
         """An unpaid order that took stock at order time lapsed without payment."""
         fx = Effects()
@@ -237,7 +256,7 @@ class OrderRouter:
             state = {**state, "attempt": attempt}
             return self._backorder(state, now, plan.backorder_reason or "insufficient_stock", fx)
         lines = {line["line_id"]: line for line in order["lines"]}
-        state = {**state, "status": RESERVING, "attempt": attempt, "replies": {},
+        state = {**state, "status": RESERVING, "attempt": attempt, "replies": {}, "since": now,
                  "plan": [[s.warehouse, list(s.line_ids)] for s in plan.shipments],
                  "omitted_gifts": list(plan.omitted_gifts)}
         for wh, lids in state["plan"]:

@@ -41,9 +41,10 @@ def order(i: int, lines: list[tuple[str, int]], status: str = "paid") -> dict:
 
 
 class World:
-    def __init__(self, rng: random.Random, dup_rate: float, stale_view: bool) -> None:
+    def __init__(self, rng: random.Random, dup_rate: float, stale_view: bool, loss_rate: float = 0.0) -> None:
         self.rng = rng
         self.dup_rate = dup_rate
+        self.loss_rate = loss_rate
         self.stale_view = stale_view
         self.ledgers = [Ledger({}, {}) for _ in range(PARTS)]
         self.router = OrderRouter(NET, CAT)
@@ -97,6 +98,8 @@ class World:
                     self.snapshot[(sku, wh)] = self.ledgers[self.part(sku)].available(sku, wh)
             replies, _ = apply_ops(self.ledgers[c], [op])
             for r in replies:
+                if self.rng.random() < self.loss_rate:
+                    continue  # a lost reply: only the retry watchdog can heal it
                 self.to_orders.append(r)
                 if self.rng.random() < self.dup_rate:
                     self.to_orders.append(dict(r))
@@ -111,8 +114,20 @@ class World:
     def run(self) -> None:
         for _ in range(100_000):
             if not self.step():
-                return
+                if not self.retry_stuck():
+                    return
         raise AssertionError("protocol did not quiesce")
+
+    def retry_stuck(self) -> bool:
+        """The watchdog: reservations still waiting for answers ask again."""
+        asked = False
+        for oid, st_ in list(self.states.items()):
+            if st_["status"] == "reserving":
+                new, fx = self.router.on_retry(st_, "t")
+                self.states[oid] = new
+                self.send_ops(fx.stock_ops)
+                asked = asked or bool(fx.stock_ops)
+        return asked
 
 
 order_lines = st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 3)), min_size=1, max_size=3,
@@ -181,3 +196,22 @@ def test_hot_sku_sells_exactly_its_stock() -> None:
     assert len(routed) == 100
     assert sum(1 for s in w.states.values() if s["status"] == BACKORDERED) == 900
     assert w.ledgers[w.part("S1")].level("S1", "WH-A") == (100, 100, 0)
+
+
+def test_a_lost_reply_is_healed_by_the_retry_watchdog() -> None:
+    """Kafka does not lose acknowledged messages, but a reservation must never wait forever: the
+    watchdog asks again for unanswered lines, and the SKU owner answers idempotently."""
+    w = World(random.Random(3), 0.0, False, loss_rate=1.0)
+    w.stock("S1", "WH-A", on_hand=5)
+    w.stock("S2", "WH-A", on_hand=5)
+    w.run()  # no replies to lose yet
+    w.on_order(order(1, [("S1", 2), ("S2", 1)]))
+    while w.step():
+        pass
+    assert w.states["tmall:1"]["status"] == "reserving"  # every reply was lost
+    w.loss_rate = 0.0
+    w.run()  # the watchdog asks again
+    s_ = w.states["tmall:1"]
+    assert s_["status"] == ROUTED and s_["attempt"] == 1
+    assert w.ledgers[w.part("S1")].level("S1", "WH-A") == (5, 2, 0)
+    assert w.ledgers[w.part("S2")].level("S2", "WH-A") == (5, 1, 0)
