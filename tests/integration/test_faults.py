@@ -42,6 +42,18 @@ def wait_drained(settings, topics: list[str], timeout: float) -> int:
     return lag
 
 
+def drain_then_audit(settings) -> str:
+    """Wait until the workers have caught up, then run `peakroute audit`; assert it is clean."""
+    lag = wait_drained(settings, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES], timeout=240)
+    assert lag == 0, f"workers did not catch up: lag {lag}"
+    time.sleep(3)
+    audit = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env_for(settings),
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    print(audit.stdout)
+    assert audit.returncode == 0, audit.stdout[-5000:] + audit.stderr[-2000:]
+    return audit.stdout
+
+
 def test_kill9_a_worker_three_times_loses_nothing_and_oversells_nothing(tmp_path: Path) -> None:
     with local_stack(tmp_path / "stack") as base:
         settings = replace(base, app_id=unique_app_id("faults"))
@@ -66,14 +78,8 @@ def test_kill9_a_worker_three_times_loses_nothing_and_oversells_nothing(tmp_path
                 workers[0] = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / f"w0-{n}.log")
             t.join(120)
             assert stats["s"].failed == 0
-            lag = wait_drained(settings, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES], timeout=240)
-            assert lag == 0, f"workers did not catch up: lag {lag}"
-            time.sleep(3)
-            audit = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env_for(settings),
-                                   capture_output=True, text=True, timeout=300, cwd=ROOT)
-            print(audit.stdout)
-            assert audit.returncode == 0, audit.stdout[-5000:] + audit.stderr[-2000:]
-            assert "AUDIT OK" in audit.stdout
+            audit = drain_then_audit(settings)
+            assert "AUDIT OK" in audit
         finally:
             for w in workers:
                 w.stop()
@@ -107,13 +113,7 @@ def test_redis_stopped_mid_stream_then_restarted_loses_and_oversells_nothing(tmp
             LocalStack(settings).up(topic_specs(settings))  # starts only what is missing: redis
             t.join(120)
             assert stats["s"].failed == 0
-            lag = wait_drained(settings, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES], timeout=240)
-            assert lag == 0, f"workers did not catch up: lag {lag}"
-            time.sleep(3)
-            audit = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env_for(settings),
-                                   capture_output=True, text=True, timeout=300, cwd=ROOT)
-            print(audit.stdout)
-            assert audit.returncode == 0, audit.stdout[-5000:] + audit.stderr[-2000:]
+            drain_then_audit(settings)
             for w in workers:
                 assert w.alive(), w.output()[-3000:]
         finally:
