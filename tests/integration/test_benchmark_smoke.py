@@ -15,3 +15,13 @@ def test_drain_benchmark_smoke() -> None:
                          capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "drained by 1 worker(s)" in out.stdout, out.stdout[-2000:]
+
+
+def test_loadtest_smoke() -> None:
+    """Open-loop load test, smoke mode: one short step, the ceiling, a few seconds of soak, the
+    hot-SKU run and its audit — it must run end to end and write its report."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "max sustained" in out.stdout and "of the raw ceiling" in out.stdout, out.stdout[-3000:]
+    assert "AUDIT OK" in (ROOT / "benchmarks" / "results" / "loadtest-smoke.md").read_text()

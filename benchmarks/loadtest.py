@@ -1,0 +1,619 @@
+"""Open-loop load test (issue 6): latency at fixed offered rates, the raw-Kafka ceiling, scale-out,
+the hot-SKU run and a memory soak — one command, results as Markdown + JSON.
+
+    python benchmarks/loadtest.py                       # the full run (about 20-30 min)
+    python benchmarks/loadtest.py --smoke               # a few seconds per part, so it cannot rot
+    python benchmarks/loadtest.py --workers 1 --rates 100,200,300 --no-hot --soak-min 0
+
+How it measures (see benchmarks/RESULTS.md for the results and their reading):
+
+* **Open loop.**  The simulator's realistic mix (four channel formats, 1–5 lines, Zipf SKUs,
+  re-sends, unpaid orders, cancels) is generated *before* a step starts; each payload then goes
+  out at its scheduled time, whatever the consumers do.  Its Kafka timestamp is set to that
+  *intended* time, so a producer that falls behind adds to the measured latency instead of hiding
+  it (coordinated omission).
+* **End-to-end latency** of an order = Kafka timestamp of its first ``shipment_request`` on a
+  ``peakroute.fulfillment.<warehouse>`` topic − the intended time of the latest non-re-send payload
+  of that order sent before it (the payment, for an order that was created unpaid).  Recorded in
+  an HdrHistogram (1 ms … 10 min, 3 significant digits).
+* **Sustained** at a rate = every routable order of the step got its request within
+  ``--grace`` seconds after the step's last payload was due.  The max sustained rate is the
+  highest sustained step.
+* **Ceiling** = a raw confluent-kafka consume→produce passthrough (one process, like one worker)
+  over the same broker, the same partition count and the same payload bytes, measured in the same
+  run.
+* **Scale-out** = the same rate steps with 1, 2, 3 ``peakroute worker`` processes sharing the
+  partitions, each on a fresh stack.
+* **Hot SKU** = one SKU in ~30% of the orders with stock for only part of them; measured at the
+  same rates, then ``peakroute audit`` must find zero oversold units.
+* **Soak** = ``--soak-min`` minutes at half the max sustained rate; worker RSS sampled every 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import orjson  # noqa: E402
+import psutil  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from hdrh.histogram import HdrHistogram  # noqa: E402
+
+from peakroute.config import Settings  # noqa: E402
+from peakroute.connectors.simulator import PeakSaleSimulator, SimEvent, SurgeSpec  # noqa: E402
+from peakroute.connectors.stockload import generate_stock, produce_inventory  # noqa: E402
+from peakroute.demo import committed, end_offsets  # noqa: E402
+from peakroute.domain.catalog import Catalog, load_catalog  # noqa: E402
+from peakroute.domain.network import load_network  # noqa: E402
+from peakroute.streams.topics import (  # noqa: E402
+    INVENTORY,
+    ORDER_EVENTS,
+    ORDERS,
+    RAW_TOPICS,
+    STOCK_OPS,
+    STOCK_REPLIES,
+    fulfillment_topic,
+    raw_topic,
+)
+
+PIPELINE_TOPICS = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
+HOT_SKU = "SKU-LIPSTICK-07"
+#: Order events that end an order's routing (it was sent to warehouses, or there was no stock).
+OUTCOMES = ("routed", "split", "backordered")
+
+
+# ------------------------------------------------------------------------------------------------
+# Workload
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    """A step's payloads, generated up front, and each order's intended send times."""
+
+    events: list[SimEvent]
+    new_orders: int
+    sent_at: dict[str, list[float]] = field(default_factory=dict)  # order_id -> intended epochs (non-re-sends)
+
+
+def hot_surge(catalog: Catalog, share: float, seed: int) -> SurgeSpec:
+    """A 'surge' over the whole run that puts HOT_SKU in about ``share`` of the orders (found by
+    bisection on a sample, since orders have 1-5 lines)."""
+    lo, hi = 1.0, 10_000.0
+    for _ in range(18):
+        mid = (lo * hi) ** 0.5
+        spec = SurgeSpec(channel="tmall", factor=1.0, start_s=0.0, duration_s=1e9, sku=HOT_SKU, sku_factor=mid)
+        sim = PeakSaleSimulator(rate=2000, duration_s=1.0, seed=seed, catalog=catalog, surge=spec)
+        news = [e for e in sim.events() if e.kind == "new"]
+        got = sum(1 for e in news if e.order and any(ln.sku == HOT_SKU for ln in e.order.lines)) / max(1, len(news))
+        lo, hi = (mid, hi) if got < share else (lo, mid)
+    return SurgeSpec(channel="tmall", factor=1.0, start_s=0.0, duration_s=1e9, sku=HOT_SKU, sku_factor=(lo * hi) ** 0.5)
+
+
+def workload(catalog: Catalog, rate: float, seconds: float, seed: int, surge: SurgeSpec | None) -> Workload:
+    # Payment timeout beyond the step: unpaid orders that never pay stay unrouted instead of being
+    # expired mid-measurement (they are not counted as routable).
+    sim = PeakSaleSimulator(rate=rate, duration_s=seconds, seed=seed, catalog=catalog, surge=surge,
+                            start_epoch=time.time(), pay_timeout_s=3600)
+    events = list(sim.events())
+    return Workload(events, sum(1 for e in events if e.kind == "new"))
+
+
+def produce_open_loop(producer: Producer, wl: Workload, t0: float) -> float:
+    """Send every payload at ``t0 + at`` (epoch seconds), stamped with that intended time; return
+    how far behind schedule the producer ever fell (seconds)."""
+    topics = {ch: raw_topic(ch) for ch in ("tmall", "jd", "douyin", "wxmini")}
+    behind = 0.0
+    failed: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+
+    for n, ev in enumerate(wl.events):
+        due = t0 + ev.at
+        now = time.time()
+        while due - now > 0.0005:
+            producer.poll(0)
+            time.sleep(min(due - now, 0.05))
+            now = time.time()
+        behind = max(behind, now - due)
+        if ev.kind != "resend":
+            wl.sent_at.setdefault(f"{ev.channel}:{ev.key}", []).append(due)
+        while True:
+            try:
+                producer.produce(topics[ev.channel], key=ev.key, value=ev.payload, timestamp=int(due * 1000),
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if n % 100 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    if failed:
+        raise RuntimeError(f"{len(failed)} payloads not delivered, e.g. {failed[0]}")
+    return behind
+
+
+# ------------------------------------------------------------------------------------------------
+# Observing the warehouse topics
+# ------------------------------------------------------------------------------------------------
+
+class RequestCollector(threading.Thread):
+    """Reads every warehouse topic and ``peakroute.order-events`` from 'now' on and remembers, per
+    order, the Kafka timestamp of its first shipment request and of its first routing outcome
+    (routed, split or backordered: the order is done either way)."""
+
+    def __init__(self, bootstrap: str, warehouses: list[str], partitions: int) -> None:
+        super().__init__(daemon=True)
+        self.first: dict[str, float] = {}
+        self.done: dict[str, tuple[str, float]] = {}
+        self._halt = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{os.getpid()}-{time.time()}",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+        tps = [TopicPartition(t, p) for t in [*map(fulfillment_topic, warehouses), ORDER_EVENTS]
+               for p in range(partitions)]
+        for tp in tps:
+            tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+        self._consumer.assign(tps)
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for msg in self._consumer.consume(1000, 0.1):
+                if msg.error() or not msg.value():
+                    continue
+                doc = orjson.loads(msg.value())
+                ts = msg.timestamp()[1] / 1000.0
+                oid = doc.get("order_id")
+                with self._lock:
+                    if doc.get("type") == "shipment_request":
+                        if oid not in self.first or ts < self.first[oid]:
+                            self.first[oid] = ts
+                    elif doc.get("event") in OUTCOMES and oid not in self.done:
+                        self.done[oid] = (doc["event"], ts)
+        self._consumer.close()
+
+    def routed(self, order_ids: set[str]) -> dict[str, float]:
+        with self._lock:
+            return {o: self.first[o] for o in order_ids if o in self.first}
+
+    def finished(self, order_ids: set[str]) -> dict[str, tuple[str, float]]:
+        with self._lock:
+            return {o: self.done[o] for o in order_ids if o in self.done}
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# One step
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    label: str
+    workers: int
+    offered_orders_s: float
+    seconds: float
+    new_orders: int
+    payloads: int
+    routed: int
+    backordered: int
+    routable: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    producer_behind_ms: float
+    drained_after_s: float
+    sustained: bool
+    done_per_s: float
+
+
+def routable_orders(wl: Workload) -> set[str]:
+    """Orders that must get a shipment request: the last state the channel sent is paid (or a
+    paid order's address change); cancelled and still-unpaid orders are not routed."""
+    last: dict[str, str] = {}
+    for ev in wl.events:
+        last[f"{ev.channel}:{ev.key}"] = ev.status
+    return {o for o, status in last.items() if status == "paid"}
+
+
+def run_step(label: str, workers: int, producer: Producer, collector: RequestCollector, wl: Workload,
+             rate: float, seconds: float, grace: float) -> Step:
+    t0 = time.time() + 0.5
+    behind = produce_open_loop(producer, wl, t0)
+    end = t0 + seconds
+    want = routable_orders(wl)
+
+    def wait(until: float) -> dict[str, tuple[str, float]]:
+        while time.time() < until and len(collector.finished(want)) < len(want):
+            time.sleep(0.2)
+        return collector.finished(want)
+
+    done = wait(end + grace)
+    if len(done) < len(want):  # not sustained; see how far behind it was (up to 4 grace periods)
+        done = wait(end + 4 * grace)
+    last_done = max((ts for _, ts in done.values()), default=end)
+    drained_after = max(0.0, last_done - end) if len(done) == len(want) else time.time() - end
+    routed = collector.routed(want)
+    hist = HdrHistogram(1, 600_000, 3)
+    for oid, ts in routed.items():
+        sent = wl.sent_at.get(oid, [])
+        i = bisect.bisect_right(sent, ts) - 1
+        ref = sent[max(i, 0)] if sent else ts
+        hist.record_value(max(1, int((ts - ref) * 1000)))
+    # Orders still without an outcome count at the longest latency they could have so far
+    # (coordinated omission: missing is not fast).
+    missing = len(want) - len(done)
+    if missing:
+        hist.record_value(min(int((time.time() - t0) * 1000), 600_000), missing)
+    sustained = len(done) == len(want) and drained_after <= grace
+    backordered = sum(1 for kind, _ in done.values() if kind == "backordered")
+    first = min((ts for _, ts in done.values()), default=t0)
+    return Step(label, workers, rate, seconds, wl.new_orders, len(wl.events), len(routed), backordered, len(want),
+                hist.get_value_at_percentile(50), hist.get_value_at_percentile(99),
+                hist.get_value_at_percentile(99.9), hist.get_max_value(), round(behind * 1000, 1),
+                round(drained_after, 2), sustained, round(len(done) / max(0.001, last_done - min(first, t0)), 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# The stack and its workers
+# ------------------------------------------------------------------------------------------------
+
+class Workers:
+    def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str]) -> None:
+        self.procs = [subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0"], env=env,
+                                       stdout=open(logdir / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
+                                       cwd=ROOT, start_new_session=True)
+                      for i in range(n)]
+
+    def rss_mb(self) -> list[float]:
+        out = []
+        for p in self.procs:
+            try:
+                out.append(psutil.Process(p.pid).memory_info().rss / 2**20)
+            except psutil.Error:
+                out.append(float("nan"))
+        return out
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def warm_up(producer: Producer, collector: RequestCollector, catalog: Catalog, seed: int) -> None:
+    """A few orders until the workers route: they have joined, recovered and fetched stock."""
+    deadline = time.time() + 180
+    attempt = 0
+    while time.time() < deadline:
+        attempt += 1
+        wl = workload(catalog, 20, 2, seed * 1000 + attempt, None)
+        produce_open_loop(producer, wl, time.time())
+        want = routable_orders(wl)
+        t = time.time() + 20
+        while time.time() < t and len(collector.finished(want)) < len(want):
+            time.sleep(0.2)
+        if want and len(collector.finished(want)) == len(want):
+            return
+    raise RuntimeError("workers never started routing (see their logs)")
+
+
+def state_bytes(settings: Settings) -> int:
+    """Bytes of the tables' changelog partitions on the broker's disk."""
+    data = Path(settings.state_dir) / "kafka" / "data"
+    return sum(f.stat().st_size for d in data.glob(f"{settings.app_id}-*-changelog-*") for f in d.glob("*.log"))
+
+
+def lag(settings: Settings) -> int:
+    ends = end_offsets(settings.kafka_bootstrap, PIPELINE_TOPICS)
+    done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
+    return sum(ends[tp] - done.get(tp, 0) for tp in ends)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ceiling: raw confluent-kafka consume -> produce over the same broker
+# ------------------------------------------------------------------------------------------------
+
+PASSTHROUGH = r"""
+import sys, time
+from confluent_kafka import Consumer, Producer
+bootstrap, src, dst, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "ceiling", "auto.offset.reset": "earliest",
+              "enable.auto.commit": True, "fetch.min.bytes": 1})
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+c.subscribe([src])
+n, t0 = 0, None
+while n < total:
+    for m in c.consume(1000, 1.0):
+        if m.error():
+            continue
+        if t0 is None:
+            t0 = time.perf_counter()
+        while True:
+            try:
+                p.produce(dst, key=m.key(), value=m.value()); break
+            except BufferError:
+                p.poll(0.01)
+        n += 1
+    p.poll(0)
+p.flush(60)
+print(n / (time.perf_counter() - t0))
+"""
+
+
+def ceiling(settings: Settings, payloads: list[SimEvent], copies: int) -> float:
+    """Messages/s of a one-process raw consume→produce loop (acks=all, idempotent, like the worker's
+    producer) over ``copies`` × the workload's payloads; input pre-filled, so only the loop is timed."""
+    from peakroute.stack import LocalStack, TopicSpec
+
+    src, dst = "bench.ceiling.in", "bench.ceiling.out"
+    LocalStack(settings).ensure_topics([TopicSpec(src, settings.partitions), TopicSpec(dst, settings.partitions)])
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    total = 0
+    for _ in range(copies):
+        for ev in payloads:
+            while True:
+                try:
+                    p.produce(src, key=ev.key, value=ev.payload)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            total += 1
+    p.flush(120)
+    out = subprocess.run([sys.executable, "-c", PASSTHROUGH, settings.kafka_bootstrap, src, dst, str(total)],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------
+
+def with_stack(tmp: Path, name: str):
+    from conftest import local_stack
+
+    return local_stack(tmp / name)
+
+
+def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, hot: bool,
+          log: list[str]) -> tuple[list[Step], dict[str, Any]]:
+    """Fresh stack, ``workers`` worker processes, the rate steps in order until two in a row fail."""
+    from integration.harness import env_for
+
+    network = load_network()
+    extra: dict[str, Any] = {}
+    with with_stack(tmp, f"stack-{'hot' if hot else 'n'}{workers}") as base:
+        settings = replace(base, app_id=f"bench-{'hot' if hot else 'n'}{workers}-{int(time.time())}")
+        # The rate sweep is a deliberate surge: keep the breaker evaluating, but never tripping.
+        env = env_for(settings, PEAKROUTE_BREAKER_TRIP_RATIO="1000000", PEAKROUTE_LOG_LEVEL="WARNING")
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                             "acks": "all", "linger.ms": 2})
+        hot_units = 0
+        if hot:
+            # Stock for about half of the hot SKU's demand over the whole sweep, spread over the network.
+            demand = 0.3 * sum(args.rates) * args.step_s * 1.3
+            hot_units = max(10, int(demand / 2))
+            stock = generate_stock(catalog, network, units=10**6, scarce={HOT_SKU: hot_units})
+        else:
+            stock = generate_stock(catalog, network, units=10**6)
+        produce_inventory(producer, stock)
+        producer.flush(30)
+        logdir = tmp / f"logs-{'hot' if hot else 'n'}{workers}"
+        logdir.mkdir(exist_ok=True)
+        procs = Workers(settings, workers, logdir, env)
+        collector = RequestCollector(settings.kafka_bootstrap, [w.code for w in network.warehouses], settings.partitions)
+        collector.start()
+        surge = hot_surge(catalog, 0.30, args.seed) if hot else None
+        steps: list[Step] = []
+        try:
+            warm_up(producer, collector, catalog, args.seed + 1)
+            failures = 0
+            for i, rate in enumerate(args.rates):
+                wl = workload(catalog, rate, args.step_s, args.seed + 100 + i, surge)
+                step = run_step("hot-sku" if hot else "normal", workers, producer, collector, wl, rate, args.step_s,
+                                args.grace)
+                steps.append(step)
+                line = (f"  {step.label:8s} workers={workers} offered={rate:7.0f}/s routed={step.routed}+backordered={step.backordered}/{step.routable} "
+                        f"p50={step.p50_ms}ms p99={step.p99_ms}ms p99.9={step.p999_ms}ms max={step.max_ms}ms "
+                        f"drained+{step.drained_after_s}s {'OK' if step.sustained else 'SATURATED'}")
+                print(line, flush=True)
+                log.append(line)
+                if not procs.alive():
+                    raise RuntimeError("a worker died; see " + str(logdir))
+                failures = 0 if step.sustained else failures + 1
+                if failures >= 2:
+                    break
+                # Let any backlog drain before the next step, so steps do not contaminate each other.
+                t = time.time() + 120
+                while time.time() < t and lag(settings) > 0:
+                    time.sleep(1)
+            extra["rss_mb_after_sweep"] = procs.rss_mb()
+            extra["changelog_bytes"] = state_bytes(settings)
+            extra["orders_total"] = sum(s.new_orders for s in steps)
+            if hot:
+                out = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env, capture_output=True,
+                                     text=True, timeout=600, cwd=ROOT)
+                extra["audit_rc"] = out.returncode
+                extra["audit"] = out.stdout.strip().splitlines()[-12:]
+                extra["hot_sku_units_total"] = hot_units
+            if not hot and workers == args.workers[0] and args.soak_min > 0:
+                extra["soak"] = soak(args, catalog, settings, producer, collector, procs, steps)
+            if not hot and workers == args.workers[0] and args.ceiling_copies > 0:
+                sample = workload(catalog, max(args.rates), min(args.step_s, 10), args.seed + 7, None).events
+                extra["ceiling_msgs_s"] = round(ceiling(settings, sample, args.ceiling_copies))
+                extra["ceiling_payload_bytes_avg"] = round(sum(len(e.payload) for e in sample) / len(sample))
+        finally:
+            collector.stop()
+            procs.stop()
+    return steps, extra
+
+
+def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, producer: Producer,
+         collector: RequestCollector, procs: Workers, steps: list[Step]) -> dict[str, Any]:
+    """Half the max sustained rate for ``--soak-min`` minutes; worker RSS every 10 s."""
+    ok = [s.offered_orders_s for s in steps if s.sustained]
+    rate = max(1.0, (max(ok) if ok else steps[0].offered_orders_s) / 2)
+    seconds = args.soak_min * 60
+    wl = workload(catalog, rate, seconds, args.seed + 999, None)
+    samples: list[tuple[float, list[float]]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        t0 = time.time()
+        while not stop.is_set():
+            samples.append((round(time.time() - t0, 1), procs.rss_mb()))
+            stop.wait(10)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    bytes0 = state_bytes(settings)
+    print(f"  soak: {rate:.0f} orders/s for {args.soak_min} min ({len(wl.events)} payloads)", flush=True)
+    step = run_step("soak", len(procs.procs), producer, collector, wl, rate, seconds, max(args.grace, 30))
+    stop.set()
+    sampler.join(15)
+    rss = [sum(v) for _, v in samples]
+    n = len(rss)
+    first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
+    last = sum(rss[-max(1, n // 10):]) / max(1, n // 10)
+    return {"rate": rate, "minutes": args.soak_min, "step": asdict(step), "rss_samples": samples,
+            "rss_first_10pct_mb": round(first, 1), "rss_last_10pct_mb": round(last, 1),
+            "rss_growth_mb_per_100k_orders": round((last - first) / max(1, step.new_orders) * 1e5, 1),
+            "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1)}
+
+
+def machine() -> dict[str, Any]:
+    import confluent_kafka
+    import faust
+
+    return {"cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "faust": faust.__version__,
+            "confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
+            "kafka": Settings.from_env().kafka_version, "load_1m_at_start": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple[list[Step], dict[str, Any]]]) -> str:
+    lines = [f"### Load test {meta['date']}", "",
+             f"`{meta['command']}`", "",
+             f"Machine: {meta['cores']} cores, {meta['ram_gib']} GiB, load {meta['load_1m_at_start']:.2f} at start; "
+             f"Python {meta['python']}, faust-streaming {meta['faust']}, confluent-kafka {meta['confluent_kafka']} "
+             f"(librdkafka {meta['librdkafka']}), Kafka {meta['kafka']} (one broker, same cores), "
+             f"{meta['partitions']} partitions, step {args.step_s:g} s, grace {args.grace:g} s.", ""]
+    ceil = None
+    for extra in (e for _, e in runs.values()):
+        ceil = extra.get("ceiling_msgs_s") or ceil
+    lines += ["| run | workers | offered orders/s | payloads | routed+backordered / routable | p50 ms | p99 ms | p99.9 ms | max ms "
+              "| producer behind ms | drained after s | sustained |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    best: dict[str, float] = {}
+    for name, (steps, _) in runs.items():
+        for s in steps:
+            lines.append(f"| {s.label} | {s.workers} | {s.offered_orders_s:g} | {s.payloads} | {s.routed}/{s.routable} "
+                         f"+{s.backordered} | {s.p50_ms} | {s.p99_ms} | {s.p999_ms} | {s.max_ms} | {s.producer_behind_ms} "
+                         f"| {s.drained_after_s} | {'yes' if s.sustained else '**no**'} |")
+            if s.sustained:
+                pay_rate = s.payloads / s.seconds
+                if pay_rate > best.get(name + ":payloads", 0):
+                    best[name + ":payloads"] = pay_rate
+                    best[name] = s.offered_orders_s
+    lines.append("")
+    for name in runs:
+        if name in best:
+            ratio = f"; {best[name + ':payloads'] / ceil:.4f} of the raw ceiling ({ceil:,.0f} msg/s)" if ceil else ""
+            lines.append(f"- **{name}**: max sustained {best[name]:g} orders/s "
+                         f"({best[name + ':payloads']:.0f} raw payloads/s){ratio}")
+        else:
+            lines.append(f"- **{name}**: no step sustained")
+    for name, (_, extra) in runs.items():
+        shown = {k: v for k, v in extra.items() if k not in ("soak",)}
+        lines.append(f"- {name} details: `{json.dumps(shown, ensure_ascii=False)}`")
+        if "soak" in extra:
+            s = extra["soak"]
+            lines.append(f"- **soak** ({name}): {s['rate']:.0f} orders/s for {s['minutes']} min: RSS "
+                         f"{s['rss_first_10pct_mb']} MB (first 10%) → {s['rss_last_10pct_mb']} MB (last 10%), "
+                         f"{s['rss_growth_mb_per_100k_orders']} MB per 100k orders; changelog "
+                         f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms, "
+                         f"sustained: {s['step']['sustained']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="50,100,200,300,400,600,800",
+                    help="offered new orders/s per step, ascending (default %(default)s)")
+    ap.add_argument("--step-s", type=float, default=20.0, help="seconds per step (default %(default)s)")
+    ap.add_argument("--grace", type=float, default=5.0,
+                    help="a step is sustained if everything is routed this long after its end (default %(default)s)")
+    ap.add_argument("--workers", default="1,2,3", help="worker counts for the scale-out (default %(default)s)")
+    ap.add_argument("--no-hot", action="store_true", help="skip the hot-SKU run")
+    ap.add_argument("--soak-min", type=float, default=10.0, help="soak minutes at half the max rate; 0 skips it")
+    ap.add_argument("--ceiling-copies", type=int, default=10,
+                    help="ceiling input = this many copies of a 10 s workload at the top rate; 0 skips it")
+    ap.add_argument("--seed", type=int, default=20261111)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per part (the test suite runs this)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the .md/.json results")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rates, args.step_s, args.workers, args.soak_min, args.ceiling_copies = "20", 3.0, "1", 0.15, 1
+        args.grace = 10.0
+    args.rates = [float(r) for r in str(args.rates).split(",")]
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    catalog = load_catalog()
+    meta = machine()
+    meta["command"] = "python benchmarks/loadtest.py " + " ".join(sys.argv[1:])
+    meta["partitions"] = Settings.from_env().partitions
+    runs: dict[str, tuple[list[Step], dict[str, Any]]] = {}
+    log: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="peakroute-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for n in args.workers:
+            print(f"normal mix, {n} worker(s):", flush=True)
+            runs[f"normal x{n}"] = sweep(args, catalog, n, tmp, hot=False, log=log)
+        if not args.no_hot:
+            print("hot SKU (30% of orders), 1 worker:", flush=True)
+            runs["hot-sku x1"] = sweep(args, catalog, 1, tmp, hot=True, log=log)
+    text = report(args, meta, runs)
+    print("\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "smoke" if args.smoke else time.strftime("%Y%m%d-%H%M%S")
+    (out / f"loadtest-{stem}.md").write_text(text)
+    (out / f"loadtest-{stem}.json").write_text(json.dumps(
+        {"meta": meta, "runs": {k: {"steps": [asdict(s) for s in v[0]], "extra": v[1]} for k, v in runs.items()}},
+        indent=1, ensure_ascii=False, default=str))
+    hot = runs.get("hot-sku x1")
+    if hot and hot[1].get("audit_rc") not in (0, None):
+        print("AUDIT FAILED on the hot-SKU run", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
