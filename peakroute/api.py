@@ -21,8 +21,9 @@ from .connectors import ops, webhook
 from .connectors.sink import KafkaSink
 from .tables.redis_views import RedisViews
 
-ORDER_ID = re.compile(r"^(%s):[0-9A-Za-z_\-]{1,64}$" % "|".join(CHANNELS))
-SKU = re.compile(r"^[0-9A-Za-z_\-.]{1,64}$")
+# Matched with fullmatch: a trailing newline ("%0A" in the path) must not pass as "$" would let it.
+ORDER_ID = re.compile("(" + "|".join(CHANNELS) + r"):[0-9A-Za-z_\-]{1,64}")
+SKU = re.compile(r"[0-9A-Za-z_\-.]{1,64}")
 
 
 def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
@@ -48,7 +49,7 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
 
     async def order_status(request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
-        if not ORDER_ID.match(order_id):
+        if not ORDER_ID.fullmatch(order_id):
             return web.json_response({"error": "order id must look like '<channel>:<channel order id>', "
                                                f"channel one of {', '.join(CHANNELS)}"}, status=400)
         try:
@@ -61,7 +62,7 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
 
     async def stock(request: web.Request) -> web.Response:
         sku = request.match_info["sku"]
-        if not SKU.match(sku):
+        if not SKU.fullmatch(sku):
             return web.json_response({"error": "bad SKU code"}, status=400)
         try:
             per_wh = await views.stock_of(sku)

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import CHANNELS, Settings
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from .logs import redact_credentials
     from .stack import LocalStack, StackError
     from .streams.topics import topic_specs
 
-    stack = LocalStack(settings, log=lambda s: print(s, file=sys.stderr))
+    stack = LocalStack(settings, log=lambda s: print(redact_credentials(s), file=sys.stderr))
     try:
         if args.action == "up":
             stack.up(topic_specs(settings))
@@ -26,16 +27,19 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "status":
             _print_status(stack.status())
         elif args.action == "logs":
-            print(stack.logs(args.lines))
+            print(redact_credentials(stack.logs(args.lines)))
     except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_credentials(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
 
 def _print_status(status: dict) -> None:
+    from .config import mask_url
+
     for name, info in status.items():
-        extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "state" and v is not None)
+        extra = " ".join(f"{k}={mask_url(v) if k == 'url' and isinstance(v, str) else v}"
+                         for k, v in info.items() if k != "state" and v is not None)
         print(f"{name:6} {info.get('state', '?'):8} {extra}")
 
 
@@ -43,9 +47,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from .metrics.registry import serve
-    from .streams.app import build_app
-
     from .stack import StackError, ensure_topics_on
+    from .streams.app import build_app
     from .streams.topics import changelog_specs, topic_specs
 
     try:
@@ -78,10 +81,11 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _normalize(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
     from .domain.canonical import Rejection
     from .domain.catalog import load_catalog
     from .domain.channels import normalize
-    import orjson
 
     raw = sys.stdin.buffer.read()
     try:
@@ -98,7 +102,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from .connectors.replay import replay_file
 
     def progress(s: object) -> None:
-        print(f"\r  replayed {getattr(s, 'lines')} lines, delivered {getattr(s, 'delivered')}",
+        print(f"\r  replayed {s.lines} lines, delivered {s.delivered}",
               end="", file=sys.stderr, flush=True)
 
     stats = replay_file(args.file, args.channel, make_producer(settings), progress)

@@ -25,6 +25,34 @@ def _default_cache_dir() -> str:
     return str(Path(base) / "peakroute")
 
 
+def mask_url(url: str) -> str:
+    """``url`` with any password (``redis://:pw@host``, ``http://user:pw@host``) replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and "@" not in parts.netloc:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f":***@{host}"))
+    except ValueError:
+        return "***"
+
+
+def _is_secret_field(name: str) -> bool:
+    return any(word in name for word in ("token", "secret", "password"))
+
+
+def _shown(name: str, value: object) -> str:
+    """How a setting may be shown (``peakroute config``, ``repr``): secrets never, URLs without passwords."""
+    if _is_secret_field(name):
+        return "(set)" if value else "(unset)"
+    if name.endswith("_url") and isinstance(value, str):
+        return mask_url(value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration.  Field ``x_y`` is read from ``PEAKROUTE_X_Y``."""
@@ -116,6 +144,15 @@ class Settings:
     def state_path(self) -> Path:
         return Path(self.state_dir)
 
+    def __repr__(self) -> str:
+        """Like a dataclass repr, but secrets show only whether they are set (logs, tracebacks)."""
+        def show(name: str, value: object) -> str:
+            if name == "webhook_secrets" and isinstance(value, Mapping):
+                return repr({ch: "***" for ch in value})
+            return repr(_shown(name, value)) if _is_secret_field(name) or name.endswith("_url") else repr(value)
+
+        return "Settings(" + ", ".join(f"{f.name}={show(f.name, getattr(self, f.name))}" for f in fields(self)) + ")"
+
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, value, help) rows for ``peakroute config``; secrets are never shown."""
         rows = []
@@ -132,5 +169,5 @@ class Settings:
                                  "(set)" if ch in self.webhook_secrets else "(unset: webhooks refused)",
                                  f"HMAC secret of the {ch} webhook"))
                 continue
-            rows.append((PREFIX + f.name.upper(), str(getattr(self, f.name)), ""))
+            rows.append((PREFIX + f.name.upper(), _shown(f.name, getattr(self, f.name)), ""))
         return rows

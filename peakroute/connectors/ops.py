@@ -13,6 +13,7 @@ control message to the order's own partition, where the worker acts on it exactl
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -42,6 +43,15 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time token check.  Both sides are hashed first, so neither the time taken nor an
+    error depends on the given token's length or bytes (headers may carry any bytes)."""
+    def digest(s: str) -> bytes:
+        return hashlib.sha256(s.encode("utf-8", "surrogateescape")).digest()
+
+    return bool(token) and hmac.compare_digest(digest(given), digest(token))
+
+
 def add_routes(app: web.Application, settings: Settings, sink: KafkaSink, store: BreakerStore,
                catalog: Catalog) -> None:
     cfg = settings.breaker_config()
@@ -53,10 +63,10 @@ def add_routes(app: web.Application, settings: Settings, sink: KafkaSink, store:
     def operator(request: web.Request) -> str | None:
         """The caller's name if the bearer token is right, else None (constant-time compare)."""
         token = settings.operator_token
-        given = request.headers.get("Authorization", "")
-        if not token or not given.startswith("Bearer "):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer":
             return None
-        if not hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+        if not token_matches(given.strip(" \t"), token):
             return None
         who = request.headers.get("X-Operator", "operator")
         return who if OPERATOR.match(who) else "operator"

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 TIMESTAMP_HEADER = "X-PeakRoute-Timestamp"
 SIGNATURE_HEADER = "X-PeakRoute-Signature"
+#: The only accepted spelling of a signature (after HTTP's optional spaces/tabs): one spelling per
+#: MAC, so a replayed request cannot pass the replay guard by re-spelling its signature.
+_SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
 
 
 class SignatureError(Exception):
@@ -20,7 +24,7 @@ class SignatureError(Exception):
 
 
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
+    mac = hmac.new(secret.encode("utf-8", "surrogateescape"), str(timestamp).encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
@@ -43,7 +47,16 @@ def verify(secret: str | None, timestamp: str | None, signature: str | None, bod
     ts = int(timestamp)
     if abs(now - ts) > tolerance_s:
         raise SignatureError("timestamp outside the accepted window (stale or replayed request)")
+    given = signature.strip(" \t")
+    if not _SIGNATURE.fullmatch(given):
+        raise SignatureError("signature header is not sha256=<64 lowercase hex digits>")
     expected = sign(secret, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode("utf-8", "replace")):
+    if not hmac.compare_digest(expected.encode(), given.encode("ascii")):
         raise SignatureError("signature does not match")
     return ts
+
+
+def replay_token(channel: str, signature: str) -> str:
+    """What the replay guard remembers for a verified request: a digest, not the usable signature."""
+    canonical = signature.strip(" \t")
+    return hashlib.sha256(f"{channel}:{canonical}".encode("ascii", "replace")).hexdigest()

@@ -20,7 +20,7 @@ from ..config import CHANNELS, Settings
 from ..domain.channels import channel_order_id
 from ..metrics import registry as m
 from ..streams.topics import raw_topic
-from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, replay_token, verify
 from .sink import KafkaSink, SinkError
 
 log = logging.getLogger("peakroute.webhook")
@@ -88,9 +88,16 @@ def add_routes(app: web.Application, settings: Settings, sink: KafkaSink, guard:
             verify(settings.webhook_secrets.get(channel), request.headers.get(TIMESTAMP_HEADER),
                    signature, body, now=time.time(), tolerance_s=settings.webhook_tolerance_s)
         except SignatureError as exc:
+            # Only the reason: never the headers (a signature), the body (personal data) or a secret.
             log.warning("webhook refused: channel=%s reason=%s remote=%s", channel, exc, request.remote)
             return _error(401, str(exc), channel)
-        if not await guard.first_use(f"{channel}:{signature}", 2 * settings.webhook_tolerance_s):
+        # A signature is usable for 2 x tolerance (timestamps within +-tolerance): remember it that long.
+        try:
+            first = await guard.first_use(replay_token(channel, signature or ""), 2 * settings.webhook_tolerance_s)
+        except Exception as exc:  # noqa: BLE001  (Redis down: we cannot tell a replay, so store nothing)
+            log.error("webhook replay guard unavailable: channel=%s error=%s", channel, type(exc).__name__)
+            return _error(503, "replay guard unavailable, retry later", channel)
+        if not first:
             log.warning("webhook refused: channel=%s reason=replayed signature", channel)
             return _error(401, "request already received (replayed signature)", channel)
         key = channel_order_id(channel, body)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from peakroute.connectors.signing import SignatureError, sign, signed_headers, verify, TIMESTAMP_HEADER, SIGNATURE_HEADER
+from peakroute.connectors.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+    sign,
+    signed_headers,
+    verify,
+)
 
 NOW = 1_794_326_400
 
