@@ -90,6 +90,11 @@ class Settings:
     breaker_min_rate: float = 5.0
     breaker_drain_rate: float = 20.0
     breaker_bypass_priority: int = 1
+    #: Kafka consumer-group session timeout (s): a worker silent this long (crashed, SIGSTOPped,
+    #: partitioned away) loses its partitions to the others.  Heartbeats go every third of it (at
+    #: most 3 s), and a worker whose own event loop was frozen for most of it exits (code 70)
+    #: instead of acting on partitions it may no longer own.
+    session_timeout_s: float = 30.0
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)

@@ -52,3 +52,13 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     """Settings pointing at a running real Kafka + Redis shared by this test session."""
     with local_stack(tmp_path_factory.mktemp("stack")) as settings:
         yield settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.slow`` tests (long fault scenarios, the soak) run only with PEAKROUTE_SLOW_TESTS=1."""
+    if os.environ.get("PEAKROUTE_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set PEAKROUTE_SLOW_TESTS=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 import traceback
 import zlib
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Iterable
 
 import faust
@@ -22,15 +26,35 @@ def sku_partition(sku: str, partitions: int) -> int:
     return zlib.crc32(sku.encode()) % partitions
 
 
-async def send_dead_letter(dlq: faust.TopicT, event: faust.EventT, *, channel: str | None, stage: str,
-                           reason: str, field: str | None, detail: str) -> None:
-    msg = event.message
+#: Largest payload copied whole into a dead letter.  A DLQ record holds the payload twice (text
+#: and base64), so a bigger one could not be written to Kafka at all (1 MB limit) and dead-lettering
+#: it would fail every time; its first bytes, length and SHA-256 are kept instead, and the original
+#: stays at its source offset.
+MAX_DLQ_PAYLOAD = 256 * 1024
+
+
+def dead_letter_record(event_or_msg: Any, *, channel: str | None, stage: str, reason: str, field: str | None,
+                       detail: str) -> dict:
+    """The DLQ record for one message (payloads over :data:`MAX_DLQ_PAYLOAD` are cut, see there)."""
+    msg = getattr(event_or_msg, "message", event_or_msg)
+    payload = msg.value
+    cut = payload is not None and len(payload) > MAX_DLQ_PAYLOAD
     record = dead_letter(
         reason=reason, field=field, detail=detail, channel=channel, stage=stage,
         source=Source(msg.topic, msg.partition, msg.offset, msg.timestamp and int(msg.timestamp * 1000)),
-        key=msg.key, payload=msg.value)
+        key=msg.key[:1024] if msg.key is not None else None, payload=payload[:MAX_DLQ_PAYLOAD] if cut else payload)
+    if cut:
+        record.update(payload=None, payload_bytes=len(payload), payload_truncated=True,
+                      payload_sha256=hashlib.sha256(payload).hexdigest())
+    return record
+
+
+async def send_dead_letter(dlq: faust.TopicT, event: faust.EventT, *, channel: str | None, stage: str,
+                           reason: str, field: str | None, detail: str) -> None:
+    record = dead_letter_record(event, channel=channel, stage=stage, reason=reason, field=field, detail=detail)
     m.DEAD_LETTERS.labels(channel or "-", stage, reason).inc()
-    await dlq.send(key=msg.key, value=dumps(record))
+    key = event.message.key
+    await dlq.send(key=key[:1024] if key is not None else None, value=dumps(record))
 
 
 def is_plumbing_failure(exc: BaseException) -> bool:
@@ -47,13 +71,22 @@ async def dead_letter_exception(dlq: faust.TopicT, event: faust.EventT, exc: Bas
     """Turn an unexpected failure into a dead letter: nothing may escape a faust agent.
 
     A plumbing failure is no fault of the message: the worker exits instead (see :func:`die`) and
-    the message is read again after the restart.
+    the message is read again after the restart — but only :data:`MAX_PLUMBING_RETRIES` times: a
+    message that fails the same way on every attempt is a poison pill, and is dead-lettered then
+    (no crash loop).  The count is kept per (group, topic, partition, offset) in Redis (a file
+    under the state dir when Redis is away), so it survives the restarts it counts.
     """
-    if is_plumbing_failure(exc):
-        die(stage, exc)
     msg = event.message
-    log.exception("%s failed on %s[%s]@%s", stage, msg.topic, msg.partition, msg.offset)
-    detail = f"{type(exc).__name__}: {exc}"[:500] + " | " + traceback.format_exc(limit=3)[-500:]
+    if is_plumbing_failure(exc):
+        failures = GUARDS.retries.failed(msg.topic, msg.partition, msg.offset)
+        if not exhausted(failures, MAX_PLUMBING_RETRIES):
+            die(stage, exc)
+        log.error("%s: %s[%s]@%s failed %d times (%r): dead-lettered as a poison pill", stage, msg.topic,
+                  msg.partition, msg.offset, failures, exc)
+        detail = f"failed {failures} times, last: {type(exc).__name__}: {exc}"[:500]
+    else:
+        log.exception("%s failed on %s[%s]@%s", stage, msg.topic, msg.partition, msg.offset)
+        detail = f"{type(exc).__name__}: {exc}"[:500] + " | " + traceback.format_exc(limit=3)[-500:]
     await send_dead_letter(dlq, event, channel=channel, stage=stage, reason="internal_error", field=None,
                            detail=detail)
 
@@ -85,6 +118,118 @@ BATCH_MAX = 500
 BATCH_WITHIN_S = 0.01
 
 
+#: Restarts a message may cause by failing with a plumbing error before it is dead-lettered.
+MAX_PLUMBING_RETRIES = 3
+
+
+def exhausted(failures: int, limit: int) -> bool:
+    """True when a message has failed more often than ``limit`` retries allow (failures counts this one)."""
+    return failures > limit
+
+
+class RetryCounter:
+    """Failures per message, surviving the worker restarts that :func:`die` causes.
+
+    Redis (shared by every worker, so a message that moves to another worker keeps its count) when
+    it answers, else a small JSON file in the state dir; without either, counts live in memory
+    only (and then a crash loop is bounded only by the supervisor's restart policy).
+    """
+
+    TTL_S = 24 * 3600
+
+    def __init__(self, group: str = "peakroute", redis_url: str | None = None, path: Path | None = None) -> None:
+        self.group, self.redis_url, self.path = group, redis_url, path
+        self._memory: dict[str, int] = {}
+
+    def key(self, topic: str, partition: int, offset: int) -> str:
+        return f"peakroute:{self.group}:failures:{topic}:{partition}:{offset}"
+
+    def failed(self, topic: str, partition: int, offset: int) -> int:
+        """Count one more failure of this message; return how many there have been."""
+        key = self.key(topic, partition, offset)
+        if self.redis_url:
+            try:
+                import redis
+
+                client = redis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+                with client.pipeline(transaction=True) as pipe:
+                    n, _ = pipe.incr(key).expire(key, self.TTL_S).execute()
+                return int(n)
+            except Exception as exc:  # noqa: BLE001 - fall back to the file
+                log.warning("failure count not in redis (%r); using the state dir", exc)
+        if self.path is not None:
+            try:
+                counts = json.loads(self.path.read_text()) if self.path.exists() else {}
+                counts[key] = int(counts.get(key, 0)) + 1
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text(json.dumps(dict(list(counts.items())[-1000:])))
+                tmp.replace(self.path)
+                return int(counts[key])
+            except (OSError, ValueError) as exc:
+                log.warning("failure count not written to %s: %r", self.path, exc)
+        self._memory[key] = self._memory.get(key, 0) + 1
+        return self._memory[key]
+
+
+class FreezeWatch:
+    """Fencing for a worker that was frozen (SIGSTOP, VM pause, a stalled event loop).
+
+    While a worker's event loop stands still it sends no heartbeats; after the session timeout
+    the group gives its partitions to another worker.  When it wakes up it still believes it owns
+    them and would act on stale tables (a zombie: it could promise units the new owner already
+    promised, and overwrite the new owner's changelog).  So a worker whose loop was frozen for
+    longer than ``limit_s`` (less than the session timeout) exits at once (code 70, see :func:`die`)
+    and its supervisor restarts it; it committed nothing since, so nothing is lost.
+    """
+
+    def __init__(self, limit_s: float = float("inf")) -> None:
+        self.limit_s = limit_s
+        self.last_tick: float | None = None
+
+    def frozen_for(self, now: float | None = None) -> float:
+        if self.last_tick is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.last_tick
+
+    def check(self, stage: str, now: float | None = None) -> None:
+        gap = self.frozen_for(now)
+        if gap > self.limit_s:
+            die(stage, TimeoutError(f"event loop frozen for {gap:.1f} s (> {self.limit_s:.1f} s): "
+                                    "the group may have given my partitions away"))
+
+    def tick(self, now: float | None = None) -> None:
+        self.check("freeze-watch", now)
+        self.last_tick = time.monotonic() if now is None else now
+
+
+class Guards:
+    def __init__(self) -> None:
+        self.retries = RetryCounter()
+        self.freeze = FreezeWatch()
+
+
+GUARDS = Guards()
+
+
+def freeze_limit(session_timeout_s: float) -> float:
+    """How long the loop may stand still before the worker must assume it lost its partitions:
+    the session timeout minus two heartbeat intervals (the last heartbeat may be that old)."""
+    heartbeat = min(3.0, session_timeout_s / 3)
+    return max(1.0, session_timeout_s - 2 * heartbeat)
+
+
+def install_guards(app: faust.App, settings: Any) -> None:
+    """The poison-pill retry counter and the freeze watch of one worker process."""
+    GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
+                                  Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
+    GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
+
+    @app.timer(interval=1.0, on_leader=False)
+    async def freeze_watch() -> None:
+        GUARDS.freeze.tick()
+
+
 def die(stage: str, exc: BaseException) -> None:
     """Stop the worker process at once, without committing what it has read.
 
@@ -114,9 +259,20 @@ class BatchWrites:
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self.event: faust.EventT | None = None
+        self._event: faust.EventT | None = None
         self._dirty: dict[Any, Any] = {}
         self._events: dict[Any, faust.EventT] = {}
+
+    @property
+    def event(self) -> faust.EventT | None:
+        return self._event
+
+    @event.setter
+    def event(self, event: faust.EventT | None) -> None:
+        # Every batch agent names the event it is about to handle here: the last moment to notice
+        # that this worker was frozen and may be a zombie (see FreezeWatch).
+        GUARDS.freeze.check("event")
+        self._event = event
 
     def get(self, key: Any, default: Any = None) -> Any:
         if key in self._dirty:
@@ -148,6 +304,7 @@ class BatchWrites:
 
     def flush(self) -> int:
         """Write every changed key once; return how many changelog records that took."""
+        GUARDS.freeze.check("table write")
         for key, value in self._dirty.items():
             in_event(self._events[key])
             if value is _DELETED:
@@ -174,3 +331,4 @@ async def acked(pending: list[Any]) -> None:
     if pending:
         await asyncio.gather(*pending)
         pending.clear()
+    GUARDS.freeze.check("acked")

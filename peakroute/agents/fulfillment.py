@@ -192,21 +192,25 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             skus: set[str] = set()
             for event in events:
                 try:
+                    # A poison pill (not JSON, not an object, wrong shapes) must fail here, inside
+                    # the try, and become a dead letter — never escape the agent.
                     doc = orjson.loads(event.message.value)
+                    wanted: set[str] = set()
+                    if event.message.topic == ORDERS:
+                        wanted.update(str(line["sku"]) for line in doc.get("lines", []))
+                    else:
+                        for reply in doc["replies"]:
+                            if "sku" in reply:
+                                wanted.add(str(reply["sku"]))
+                            else:  # a control message (release, reject, expire): the order's own SKUs
+                                state = states.get(reply.get("order_id"))
+                                if state and state.get("order"):
+                                    wanted.update(line["sku"] for line in state["order"]["lines"])
                 except Exception as exc:  # noqa: BLE001
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
                     continue
                 decoded.append((event, doc))
-                if event.message.topic == ORDERS:
-                    skus.update(line["sku"] for line in doc.get("lines", []))
-                else:
-                    for reply in doc.get("replies", []):
-                        if "sku" in reply:
-                            skus.add(reply["sku"])
-                        else:  # a control message (release, reject, expire): the order's own SKUs
-                            state = states.get(reply.get("order_id"))
-                            if state and state.get("order"):
-                                skus.update(line["sku"] for line in state["order"]["lines"])
+                skus |= wanted
             view = await batch_view(skus - {""})
             breaker_started = time.perf_counter()
             holding = await holding_keys()

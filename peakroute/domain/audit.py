@@ -117,3 +117,34 @@ def audit(raw: Iterable[tuple[str, int, int, bytes | None]], order_ids: Iterable
     for sku, wh, promised, sellable in oversell.violations:
         r.problems.append(f"oversold: {sku} @ {wh}: {promised} promised > {sellable} sellable")
     return r
+
+
+def stuck_orders(orders: Iterable[dict], events: Iterable[dict]) -> list[str]:
+    """Orders whose latest canonical state is ``paid`` but that have no routing outcome and are not
+    held for review: the router owes them an answer (routed, split, backordered or cancelled).
+
+    ``orders``: every record of ``peakroute.orders`` in topic order (the last one per order wins);
+    ``events``: every ``peakroute.order-events`` record.  Unpaid orders waiting for payment, orders
+    the channel put on hold and orders still held by a breaker are not stuck.
+    """
+    last: dict[str, dict] = {}
+    for o in orders:
+        if "order_id" in o:
+            last[o["order_id"]] = o
+    history: dict[str, list[str]] = defaultdict(list)
+    for ev in events:
+        if "order_id" in ev:
+            history[ev["order_id"]].append(ev.get("event", ""))
+    stuck = []
+    for oid, order in last.items():
+        if order.get("status") != "paid":
+            continue
+        evs = history.get(oid, [])
+        if any(e in TERMINAL for e in evs):
+            continue
+        held = [i for i, e in enumerate(evs) if e == "held"]
+        released = [i for i, e in enumerate(evs) if e == "released_from_review"]
+        if held and (not released or released[-1] < held[-1]):
+            continue
+        stuck.append(oid)
+    return sorted(stuck)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import faust
 
-from ..agents import breaker, fulfillment, inventory, normalize, stock
+from ..agents import breaker, common, fulfillment, inventory, normalize, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.network import load_network
@@ -47,6 +47,11 @@ def build_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # Failure detection: a worker silent for session_timeout_s loses its partitions (faust's
+        # default is 60 s; the request timeout must not be shorter than the session timeout).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_request_timeout=max(90.0, settings.session_timeout_s),
         producer_acks=-1,
         # Fewer, fatter produce requests: aiokafka keeps one request in flight per broker, so a
         # few ms of linger turn hundreds of tiny requests into one (measured: see benchmarks/).
@@ -91,6 +96,7 @@ def build_app(settings: Settings) -> faust.App:
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
                    levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
                    holds=table("stock-holds", "order_id|line_id -> reservation"))
+    common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,
                        warehouses={w.code for w in network.warehouses}, partitions=n)
     return app

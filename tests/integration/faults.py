@@ -1,0 +1,415 @@
+"""Shared plumbing of the fault suite (issue 7): a real Kafka + Redis, worker processes under a
+small supervisor, the simulator producing in real time, a lag monitor, and the closing audit with
+a per-scenario report (orders in, outcomes, lost, duplicated reservations, oversold units,
+recovery time).
+
+Every scenario: start the stack and workers, seed stock (a few SKUs deliberately scarce so
+reservations really compete), produce a simulated peak in a thread, inject the fault, let the
+system recover, wait until the workers caught up, then ``peakroute audit`` must be clean and no
+paid order may be left without an outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from peakroute.config import Settings
+from peakroute.connectors.kafka import make_producer
+from peakroute.connectors.simulator import PeakSaleSimulator, run_simulation
+from peakroute.connectors.stockload import generate_stock, produce_inventory
+from peakroute.connectors.topicreader import read_all
+from peakroute.domain.audit import stuck_orders
+from peakroute.domain.catalog import load_catalog
+from peakroute.domain.network import load_network
+from peakroute.streams.topics import INVENTORY, ORDER_EVENTS, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
+
+from ..conftest import local_stack
+from .harness import PeakrouteProcess, env_for, unique_app_id
+
+ROOT = Path(__file__).resolve().parents[2]
+INPUTS = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
+#: Long forms of the scenarios (and the soak) run only with PEAKROUTE_SLOW_TESTS=1.
+SLOW = os.environ.get("PEAKROUTE_SLOW_TESTS") == "1"
+REPORT_FILE = ROOT / ".peakroute" / "fault-reports.txt"
+
+
+def scale(short: float, long: float) -> float:
+    """A duration (or rate) for the short form of a scenario, or for its long form."""
+    return long if SLOW else short
+
+
+class Worker:
+    """One ``peakroute worker`` process; replaced by a new process when restarted."""
+
+    def __init__(self, pool: "WorkerPool", name: str) -> None:
+        self.pool, self.name = pool, name
+        self.generation = 0
+        self.proc: PeakrouteProcess | None = None
+        self.exits: list[int] = []
+        self.wanted = False
+        self.start()
+
+    def start(self) -> None:
+        log = self.pool.log_dir / f"{self.name}-{self.generation}.log"
+        self.generation += 1
+        self.proc = PeakrouteProcess(self.pool.settings, ["worker", "--metrics-port", "0"], log, **self.pool.env)
+        self.wanted = True
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.proc.pid
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop for good (the supervisor does not restart it)."""
+        self.wanted = False
+        if self.proc is not None:
+            self.proc.stop(sig)
+            if self.proc.proc.returncode is not None:
+                self.exits.append(self.proc.proc.returncode)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.pool.log_dir.glob(f"{self.name}-*.log")))
+
+
+class WorkerPool:
+    """Worker processes plus a supervisor thread that restarts any that exits on its own, as
+    compose ``restart: unless-stopped`` or systemd would (``die()`` exits with code 70 by design)."""
+
+    def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
+        self.settings, self.log_dir, self.env = settings, log_dir, env
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.workers: list[Worker] = []
+        self.restarts: list[tuple[str, int]] = []  # (worker, exit code) of unplanned exits
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+
+    def add(self) -> Worker:
+        with self._lock:
+            w = Worker(self, f"w{len(self.workers)}")
+            self.workers.append(w)
+            return w
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                for w in self.workers:
+                    if w.wanted and w.proc is not None and not w.alive():
+                        code = w.proc.proc.returncode
+                        w.exits.append(code)
+                        self.restarts.append((w.name, code))
+                        w.proc.stop()
+                        time.sleep(1.0)  # a supervisor's restart delay
+                        w.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for w in self.workers:
+            w.stop()
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers if w.alive()]
+
+
+class LagMonitor:
+    """Samples the group's consumer lag over every input topic every ``every`` s (None while Kafka
+    does not answer), so a report can say how long the workers took to catch up after a fault."""
+
+    def __init__(self, settings: Settings, every: float = 2.0) -> None:
+        self.settings, self.every = settings, every
+        self.samples: list[tuple[float, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def lag(self, consumer: Consumer) -> int:
+        tps = [TopicPartition(t, p) for t in INPUTS for p in range(self.settings.partitions)]
+        done = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.committed(tps, timeout=5)}
+        total = 0
+        for tp in tps:
+            _, hi = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            total += max(0, hi - done[(tp.topic, tp.partition)])
+        return total
+
+    def _run(self) -> None:
+        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.app_id,
+                      "enable.auto.commit": False, "logger": _quiet_logger()})
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    value: int | None = self.lag(c)
+                except KafkaException:
+                    value = None
+                self.samples.append((time.monotonic(), value))
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def peak(self, since: float = 0.0) -> int:
+        return max((v for t, v in self.samples if v is not None and t >= since), default=0)
+
+    def recovered_at(self, since: float, threshold: int) -> float | None:
+        """First time at or after ``since`` when the lag was back at or under ``threshold``."""
+        for t, v in self.samples:
+            if t >= since and v is not None and v <= threshold:
+                return t
+        return None
+
+
+def _quiet_logger():  # noqa: ANN202 - librdkafka logs refused connections while Kafka is down
+    import logging
+
+    quiet = logging.getLogger("tests.faults.librdkafka")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    return quiet
+
+
+@dataclass
+class Load:
+    """The simulator producing a peak in real time, in a thread."""
+
+    settings: Settings
+    rate: float
+    duration_s: float
+    seed: int = 7
+    surge: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from peakroute.connectors.simulator import parse_surge
+
+        self.producer = make_producer(self.settings)
+        kwargs = {"surge": parse_surge(self.surge)} if self.surge else {}
+        self.sim = PeakSaleSimulator(rate=self.rate, duration_s=self.duration_s, seed=self.seed,
+                                     catalog=load_catalog(), pay_timeout_s=8, **kwargs)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.stats["s"] = run_simulation(self.sim, self.producer, realtime=True, flush_timeout_s=120)
+
+    def join(self) -> None:
+        self.thread.join(self.duration_s + 180)
+        assert "s" in self.stats, "the simulator did not finish"
+        s = self.stats["s"]
+        assert s.failed == 0, f"the simulator's producer failed {s.failed} of {s.events} deliveries"
+        self.ended = time.monotonic()
+
+
+@dataclass
+class Scenario:
+    """One fault scenario's stack, workers, load and measurements."""
+
+    name: str
+    settings: Settings
+    tmp: Path
+    pool: WorkerPool
+    monitor: LagMonitor
+    fault_ended: float | None = None
+    facts: list[str] = field(default_factory=list)
+
+    def fault_over(self) -> None:
+        self.fault_ended = time.monotonic()
+
+    def note(self, fact: str) -> None:
+        self.facts.append(fact)
+        print(f"[{self.name}] {fact}", flush=True)
+
+
+@contextmanager
+def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: str) -> Iterator[Scenario]:
+    """A fresh stack with stock seeded and ``workers`` worker processes under the supervisor."""
+    with local_stack(tmp / "stack") as base:
+        settings = replace(base, app_id=unique_app_id(name))
+        catalog, network = load_catalog(), load_network()
+        producer = make_producer(settings)
+        produce_inventory(producer, generate_stock(catalog, network, units=units,
+                                                   scarce={"SKU-LIPSTICK-07": 150, "SKU-EARBUD-W": 200}))
+        pool = WorkerPool(settings, tmp / "logs", **env)
+        monitor = LagMonitor(settings)
+        sc = Scenario(name, settings, tmp, pool, monitor)
+        for _ in range(workers):
+            pool.add()
+        try:
+            yield sc
+        except BaseException:
+            for w in pool.workers:
+                print(f"----- {w.name} (last 4000 chars) -----\n{w.logs()[-4000:]}")
+            raise
+        finally:
+            monitor.close()
+            pool.close()
+            _remove_datadir(settings.app_id)
+
+
+def _remove_datadir(app_id: str) -> None:
+    import shutil
+
+    shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
+
+
+def wait_drained(settings: Settings, timeout: float) -> int:
+    from peakroute.demo import committed, end_offsets
+
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        try:
+            ends = end_offsets(settings.kafka_bootstrap, INPUTS)
+            done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
+            lag = sum(ends[tp] - done.get(tp, 0) for tp in ends)
+        except KafkaException:
+            lag = -1
+        if lag == 0:
+            return 0
+        time.sleep(1)
+    return lag
+
+
+def run_audit(settings: Settings) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env_for(settings),
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return out.returncode, out.stdout + out.stderr[-2000:]
+
+
+def find_stuck(settings: Settings) -> list[str]:
+    def docs(topic: str) -> list[dict]:
+        out = []
+        for *_, value in read_all(settings.kafka_bootstrap, [topic]):
+            try:
+                doc = orjson.loads(value) if value else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
+
+    return stuck_orders(docs(ORDERS), docs(ORDER_EVENTS))
+
+
+@dataclass
+class Report:
+    name: str
+    raw: int
+    dead_lettered: int
+    orders: int
+    outcomes: str
+    lost: int
+    twice: int
+    oversold_units: int
+    stuck: int
+    healed_by_watchdog: int
+    recovery_s: float | None
+    peak_lag: int
+    drain_s: float
+    restarts: list[tuple[str, int]]
+    facts: list[str]
+    audit: str
+
+    def render(self) -> str:
+        rec = f"{self.recovery_s:.1f} s" if self.recovery_s is not None else "n/a"
+        lines = [
+            f"=== fault scenario: {self.name} ===",
+            f"orders in: {self.raw:,} raw payloads -> {self.orders:,} orders, {self.dead_lettered:,} dead-lettered",
+            f"outcomes: {self.outcomes}",
+            f"lost {self.lost}; duplicated reservations {self.twice}; oversold units {self.oversold_units}; "
+            f"paid orders without an outcome {self.stuck} (healed by the retry watchdog: {self.healed_by_watchdog})",
+            f"recovery: lag back to normal {rec} after the fault ended (peak lag {self.peak_lag:,}); "
+            f"caught up {self.drain_s:.1f} s after the load ended",
+            "unplanned worker exits (restarted by the supervisor): "
+            + (", ".join(f"{w} exit {c}" for w, c in self.restarts) or "none"),
+        ]
+        lines += [f"  - {f}" for f in self.facts]
+        return "\n".join(lines)
+
+
+def _count(pattern: str, text: str) -> int:
+    return len(re.findall(pattern, text, flags=re.M))
+
+
+def parse_audit(text: str) -> dict:
+    m = re.search(r"raw payloads ([\d,]+); dead-lettered ([\d,]+); orders ([\d,]+)", text)
+    raw, dlq, orders = (int(x.replace(",", "")) for x in m.groups()) if m else (0, 0, 0)
+    outcomes = re.search(r"^outcomes: (.*)$", text, flags=re.M)
+    oversold = sum(int(a) - int(b) for a, b in re.findall(r"oversold: .*?: (\d+) promised > (-?\d+) sellable", text))
+    return {"raw": raw, "dead_lettered": dlq, "orders": orders, "outcomes": outcomes.group(1) if outcomes else "",
+            "lost": _count(r"✗ lost:", text), "twice": _count(r"✗ twice:", text), "oversold_units": oversold}
+
+
+def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, drain_timeout: float = 300) -> Report:
+    """Wait for the load to end and the workers to catch up, audit, print and return the report;
+    fails the test when anything was lost, done twice, oversold, or left without an outcome."""
+    if load is not None:
+        load.join()
+    load_end = getattr(load, "ended", time.monotonic())
+    lag = wait_drained(sc.settings, drain_timeout)
+    drained = time.monotonic()
+    assert lag == 0, f"workers did not catch up: lag {lag}"
+    time.sleep(3)
+    code, text = run_audit(sc.settings)
+    stuck = find_stuck(sc.settings)
+    first_stuck = len(stuck)
+    deadline = time.monotonic() + 60
+    while stuck and time.monotonic() < deadline:  # the retry watchdog asks again after 20 s
+        time.sleep(5)
+        wait_drained(sc.settings, 60)
+        stuck = find_stuck(sc.settings)
+    if first_stuck:
+        code, text = run_audit(sc.settings)
+    sc.monitor.close()
+    rate = load.rate if load is not None else 50
+    threshold = threshold if threshold is not None else int(max(100, 3 * rate))
+    since = sc.fault_ended or 0.0
+    rec_at = sc.monitor.recovered_at(since, threshold) if sc.fault_ended else None
+    parsed = parse_audit(text)
+    report = Report(name=sc.name, **parsed, stuck=len(stuck), healed_by_watchdog=first_stuck - len(stuck),
+                    recovery_s=(rec_at - since) if rec_at is not None else None,
+                    peak_lag=sc.monitor.peak(), drain_s=drained - load_end, restarts=list(sc.pool.restarts),
+                    facts=sc.facts, audit=text)
+    rendered = report.render()
+    print("\n" + rendered + "\n--- audit ---\n" + text, flush=True)
+    try:
+        REPORT_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(REPORT_FILE, "a") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + ("long" if SLOW else "short")
+                    + "\n" + rendered + "\n\n")
+    except OSError:
+        pass
+    assert code == 0, text[-5000:]
+    assert "AUDIT OK" in text
+    assert not stuck, f"{len(stuck)} paid orders never got an outcome: {stuck[:20]}"
+    return report
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:8]
