@@ -16,7 +16,7 @@ from typing import Any
 import faust
 import orjson
 
-from ..domain.ledger import Ledger, apply_ops
+from ..domain.ledger import Ledger, apply_ops, reserved_drift
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.redis_views import RedisViews
@@ -29,17 +29,44 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
              levels: Any, holds: Any, views: RedisViews) -> Any:
     levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
     ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
+    #: sku -> [(level key, reserved as its holds add up)]: levels to correct before their SKU is next
+    #: touched; None = re-check everything at the next batch (after a restart or a rebalance, once
+    #: the tables are recovered).  See domain.ledger.reserved_drift.
+    drift: dict[str, list[tuple[str, int]]] | None = None
+
+    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
+        nonlocal drift
+        drift = None
+
+    app.on_partitions_assigned.connect(on_assigned, weak=False)
+
+    def correct_drift(ops: list[dict]) -> None:
+        """Re-derive ``reserved`` of the levels this event's SKUs own, under this event (whose
+        partition owns them, so the correction lands in the right changelog partition)."""
+        assert drift is not None
+        for sku in {op.get("sku") for op in ops}:
+            for key, reserved in drift.pop(sku, ()):  # type: ignore[arg-type]
+                old = ledger.set_reserved(key, reserved)
+                m.RESERVED_REDERIVED.inc()
+                log.warning("stock level %s: reserved %d re-derived from its holds as %d", key, old, reserved)
 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
+        nonlocal drift
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
+            if drift is None:
+                drift = {}
+                for key, reserved in reserved_drift(levels, holds).items():
+                    drift.setdefault(key.rsplit("|", 1)[0], []).append((key, reserved))
             out: list[dict] = []
             touched: set[tuple[str, str]] = set()
             for event in events:
                 levels_batch.event = holds_batch.event = event
                 try:
                     ops = orjson.loads(event.message.value)["ops"]
+                    if drift:
+                        correct_drift(ops)
                     for op in ops:
                         if op.get("short_pick"):
                             m.SHORT_PICKS.inc(-int(op.get("delta", 0)))

@@ -75,6 +75,13 @@ class Ledger:
     def _put(self, sku: str, warehouse: str, on_hand: int, reserved: int, safety: int) -> None:
         self.levels[level_key(sku, warehouse)] = [on_hand, reserved, safety]
 
+    def set_reserved(self, key: str, reserved: int) -> int:
+        """Overwrite one level's ``reserved`` (see :func:`reserved_drift`); return the old value."""
+        v = self.levels.get(key)
+        on_hand, old, safety = (v[0], v[1], v[2]) if v else (0, 0, 0)
+        self.levels[key] = [on_hand, reserved, safety]
+        return old
+
     # -- reservations --------------------------------------------------------------------------
     def reserve(self, order_id: str, line_id: str, sku: str, warehouse: str, qty: int, attempt: int,
                 paid_at: str, reply_to: int = -1) -> ReserveResult:
@@ -147,6 +154,26 @@ class Ledger:
             self.release(held.order_id, held.line_id)
             evicted.append(held)
         return evicted
+
+
+def reserved_drift(levels: Levels, holds: Holds) -> dict[str, int]:
+    """``level_key -> reserved`` as its hold records add up, for every level that disagrees.
+
+    A batch's table changes reach the changelog as separate records, without a transaction, so a
+    worker killed while writing them can leave a level and its holds out of step (faust flushes
+    them all before it commits the batch's offsets, so the batch itself is re-read and re-applied).
+    The holds are the truth for ``reserved``: each is one (order, line)'s promise, re-applied
+    idempotently; a level's ``reserved`` is only their sum, kept for speed.  Re-deriving it before
+    the re-read makes the re-applied batch land exactly (a lost hold is re-created and counted once,
+    a surviving one is confirmed without counting it again).
+    """
+    sums: dict[str, int] = {}
+    for h in holds.values():
+        key = level_key(h["s"], h["w"])
+        sums[key] = sums.get(key, 0) + int(h["q"])
+    drift = {k: sums.get(k, 0) for k, v in levels.items() if v[1] != sums.get(k, 0)}
+    drift.update({k: n for k, n in sums.items() if k not in levels and n})
+    return drift
 
 
 def apply_ops(ledger: Ledger, ops: list[dict]) -> tuple[list[dict], set[tuple[str, str]]]:

@@ -87,5 +87,8 @@ TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (active 
 OVERSOLD_ORDERS = Counter(
     "peakroute_oversold_orders_total", "Order lines whose reservation was evicted (then re-routed or backordered)")
 SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS reported missing at picking (short picks)")
+RESERVED_REDERIVED = Counter(
+    "peakroute_reserved_rederived_total",
+    "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")
 RESERVATION_RETRIES = Counter(
     "peakroute_reservation_retries_total", "Reservations asked again after waiting too long for an answer")
