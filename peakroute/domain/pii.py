@@ -140,10 +140,10 @@ def mask_payload(doc: Any) -> Any:
 # --------------------------------------------------------------------------- free text
 
 #: A mainland mobile number (optionally +86 / 86, spaces or dashes as 3-4-4), not part of a longer
-#: number or word (ASCII: CJK text around a number is fine, "电话13812345678" is found).  Landlines are matched only in their area-code form (0xx-xxxxxxxx).
+#: number (letters or CJK text around it are fine: "电话13812345678", "tel13812345678" are found).  Landlines are matched only in their area-code form (0xx-xxxxxxxx).
 _PHONE = re.compile(
-    r"(?<![0-9A-Za-z_*+])(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![0-9A-Za-z_*])"
-    r"|(?<![0-9A-Za-z_*])0\d{2,3}-\d{7,8}(?![0-9A-Za-z_*])"
+    r"(?<![0-9])(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![0-9])"
+    r"|(?<![0-9])0\d{2,3}-\d{7,8}(?![0-9])"
 )
 _FIELD_NAMES = "|".join(sorted((re.escape(f) for f in PII_FIELDS), key=len, reverse=True))
 #: ``"field": "value"``, ``'field': 'value'``, ``field=value``, ``\"field\": \"value\"`` (escaped
