@@ -142,8 +142,22 @@ def test_signature_binds_timestamp() -> None:
     assert sign("s", 1, b"x") != sign("s", 2, b"x")
 
 
+def settled_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """``end_offsets``, retried while a freshly created topic's partitions still elect leaders."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return end_offsets(settings, topic, settings.partitions)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def raw_high_watermarks(settings: Settings) -> dict[str, dict[int, int]]:
-    return {ch: end_offsets(settings, raw_topic(ch), settings.partitions) for ch in CHANNELS}
+    return {ch: settled_end_offsets(settings, raw_topic(ch)) for ch in CHANNELS}
 
 
 @pytest.mark.parametrize("respell", ["trailing-nbsp", "trailing-ideographic-space", "upper-hex", "leading-space"])
