@@ -93,6 +93,25 @@ def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
+#: Shorter secrets are accepted (they work) but flagged at start: a webhook secret or operator token
+#: should be random, e.g. ``python -c 'import secrets; print(secrets.token_hex(32))'``.
+MIN_SECRET_CHARS = 16
+
+
+def weak_secrets(settings: Settings) -> list[str]:
+    """Names (never values) of configured secrets shorter than :data:`MIN_SECRET_CHARS`."""
+    weak = [f"PEAKROUTE_WEBHOOK_SECRET_{ch.upper()}" for ch, secret in sorted(settings.webhook_secrets.items())
+            if len(secret) < MIN_SECRET_CHARS]
+    if settings.operator_token and len(settings.operator_token) < MIN_SECRET_CHARS:
+        weak.append("PEAKROUTE_OPERATOR_TOKEN")
+    return weak
+
+
 def run_api(settings: Settings, port: int | None = None) -> None:
+    import logging
+
+    for name in weak_secrets(settings):
+        logging.getLogger("peakroute.api").warning(
+            "%s is shorter than %d characters: use a long random secret", name, MIN_SECRET_CHARS)
     web.run_app(build_api(settings), host="0.0.0.0", port=port or settings.http_port,
                 print=lambda *_: None)

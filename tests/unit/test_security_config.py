@@ -106,3 +106,12 @@ def test_direct_dependencies_are_pinned_and_agree_with_the_lock() -> None:
 def test_installs_use_the_lock() -> None:
     assert "-c $(LOCK)" in (ROOT / "Makefile").read_text()
     assert "-c requirements.lock" in (ROOT / "Dockerfile").read_text()
+
+
+def test_short_secrets_are_named_never_shown() -> None:
+    from peakroute.api import weak_secrets
+
+    s = Settings.from_env({"PEAKROUTE_WEBHOOK_SECRET_JD": "short1", "PEAKROUTE_WEBHOOK_SECRET_TMALL": "x" * 32,
+                           "PEAKROUTE_OPERATOR_TOKEN": "tok"})
+    assert weak_secrets(s) == ["PEAKROUTE_WEBHOOK_SECRET_JD", "PEAKROUTE_OPERATOR_TOKEN"]
+    assert weak_secrets(Settings.from_env({})) == []
