@@ -352,3 +352,22 @@ def test_token_check_is_constant_time_over_digests(monkeypatch: pytest.MonkeyPat
 @given(st.text(max_size=100))
 def test_token_matches_only_the_token(given_token: str) -> None:
     assert ops.token_matches(given_token, TOKEN) == (given_token == TOKEN)
+
+
+# --------------------------------------------------------------------------- read routes
+
+
+def test_read_routes_validate_ids_exactly() -> None:
+    """A trailing newline (``%0A``) must not pass an id check (``re.match`` with ``$`` would let it)."""
+    from peakroute.api import build_api
+
+    app = build_api(_settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"), use_redis=False)
+    server = Server(app)
+    try:
+        for path in ("/orders/tmall:123%0A", "/orders/tmall:123%0a", "/orders/tmall:%0A", "/orders/amazon:1",
+                     "/orders/tmall:1%20OR%201", "/stock/SKU-1%0A", "/stock/..%2F..%2Fetc"):
+            status, body = server.request("GET", path)
+            assert status in (400, 404), (path, status, body)
+            assert status != 404 or path.startswith("/stock/..")  # refused by the id check, not looked up
+    finally:
+        server.stop()
