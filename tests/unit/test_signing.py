@@ -10,6 +10,7 @@ from peakroute.connectors.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
+    replay_token,
     sign,
     signed_headers,
     verify,
@@ -52,3 +53,30 @@ def test_arbitrary_headers_never_crash_and_never_pass(body: bytes, sig: str, ts:
 @given(st.binary(max_size=300), st.integers(min_value=0, max_value=10**12 - 1))
 def test_any_body_signed_with_the_secret_verifies(body: bytes, ts: int) -> None:
     assert verify("k", str(ts), sign("k", ts, body), body, now=ts, tolerance_s=1) == ts
+
+
+@given(st.binary(max_size=100), st.text(max_size=4), st.text(max_size=4), st.booleans())
+def test_only_one_spelling_of_a_signature_verifies(body: bytes, prefix: str, suffix: str, upper: bool) -> None:
+    """Anything but HTTP's optional spaces/tabs around it changes the verdict, so the replay guard
+    (which remembers the accepted spelling) cannot be dodged by re-spelling a captured signature."""
+    good = sign("k", NOW, body)
+    spelled = prefix + (good.upper() if upper else good) + suffix
+    try:
+        verify("k", str(NOW), spelled, body, now=NOW, tolerance_s=300)
+    except SignatureError:
+        assert spelled.strip(" \t") != good
+        return
+    assert spelled.strip(" \t") == good
+    assert replay_token("jd", spelled) == replay_token("jd", good)
+
+
+def test_malformed_signature_is_refused_before_any_mac() -> None:
+    for sig in ["sha256=" + "0" * 63, "sha256=" + "g" * 64, "sha1=" + "0" * 40, "0" * 64, "sha256=" + "A" * 64]:
+        with pytest.raises(SignatureError, match="64 lowercase hex"):
+            verify("s", str(NOW), sig, b"{}", now=NOW, tolerance_s=300)
+
+
+def test_replay_token_is_per_channel_and_not_the_signature() -> None:
+    sig = sign("s", NOW, b"{}")
+    assert replay_token("jd", sig) != replay_token("tmall", sig)
+    assert sig[7:] not in replay_token("jd", sig)
