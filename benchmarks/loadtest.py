@@ -471,8 +471,8 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
                 extra["ceiling_msgs_s"] = round(ceiling(settings, sample, args.ceiling_copies))
                 extra["ceiling_payload_bytes_avg"] = round(sum(len(e.payload) for e in sample) / len(sample))
         finally:
-            collector.stop()
             procs.stop()
+            collector.stop()
     return steps, extra
 
 
@@ -566,6 +566,11 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
 
 
 def main() -> None:
+    import signal
+
+    # Workers run in their own sessions: turn a SIGTERM of this script into an exception, so the
+    # `finally` blocks stop them and their stacks instead of leaving orphans that eat the CPU.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="50,100,200,300,400,600,800",
                     help="offered new orders/s per step, ascending (default %(default)s)")
