@@ -33,6 +33,9 @@ from peakroute.streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, S
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`: never orphan a worker
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--orders", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
