@@ -26,11 +26,12 @@ from ..domain.fulfillment import RESERVING, ROUTED, Effects, OrderRouter, StockV
 from ..domain.network import Network
 from ..metrics import registry as m
 from ..streams.codecs import dumps
-from ..streams.topics import ORDERS, fulfillment_topic
+from ..streams.outbox import Outbox
+from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillment_topic
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, by_partition, dead_letter_exception, die, sku_partition
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die, sku_partition
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -70,16 +71,14 @@ class BatchView:
                 self._available[key] = self._available.get(key, 0) - int(op["qty"])
 
 
-def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: faust.TopicT,
-             replies: faust.TopicT, order_events: faust.TopicT, review: faust.TopicT, dlq: faust.TopicT,
+def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
-             breaker_cfg: BreakerConfig, partitions: int) -> Any:
+             breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox) -> Any:
     router = OrderRouter(network, catalog)
     states = BatchWrites(state_table)
     codes = [w.code for w in network.warehouses]
     capacity = {w.code: w.daily_capacity for w in network.warehouses}
-    wh_topics = {code: app.topic(fulfillment_topic(code), key_type=bytes, value_type=bytes, partitions=partitions)
-                 for code in codes}
+    wh_topics = {code: fulfillment_topic(code) for code in codes}
 
     async def batch_view(skus: set[str]) -> BatchView:
         try:
@@ -149,15 +148,14 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
 
     async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[tuple[str, int]],
                     held: list[dict]) -> None:
-        sent: list[Any] = []
         for partition, batch in by_partition(pending_ops).items():
-            sent.append(await stock_ops.send(key=None, value=dumps({"ops": batch}), partition=partition))
+            outbox.send(STOCK_OPS, None, dumps({"ops": batch}), partition=partition)
         for wh, request in fx.requests:
-            sent.append(await wh_topics[wh].send(key=request["order_id"].encode(), value=dumps(request)))
+            outbox.send(wh_topics[wh], request["order_id"].encode(), dumps(request))
             m.FULFILLMENT_REQUESTS.labels(wh, request["type"]).inc()
         claims = []
         for ev in fx.events:
-            sent.append(await order_events.send(key=ev["order_id"].encode(), value=dumps(ev)))
+            outbox.send(ORDER_EVENTS, ev["order_id"].encode(), dumps(ev))
             m.ORDER_EVENTS.labels(ev["event"]).inc()
             if ev["event"] in ("routed", "split"):
                 claims += [(wh, ev["order_id"]) for wh in ev["warehouses"]]
@@ -169,8 +167,8 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, stock_ops: fau
             except Exception as exc:  # noqa: BLE001 - a projection; the events topic stays the record
                 log.warning("order status projection not updated (redis): %s", exc)
         for record in fx.review:
-            sent.append(await review.send(key=record["order_id"].encode(), value=dumps(record)))
-        await acked(sent)  # effects durable before the order-state table remembers them
+            outbox.send(REVIEW, record["order_id"].encode(), dumps(record))
+        await outbox.flushed()  # effects durable before the order-state table remembers them
         if claims:
             try:
                 await views.claim_capacity_many(claims)

@@ -20,8 +20,9 @@ from ..domain.channels import normalize
 from ..domain.dedup import OrderVersion, Verdict, judge, version_of
 from ..metrics import registry as m
 from ..streams.codecs import dumps
+from ..streams.outbox import Outbox
 from ..streams.topics import RAW_PREFIX
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, dead_letter_exception, die, send_dead_letter
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, dead_letter_exception, die, send_dead_letter
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -62,7 +63,7 @@ def process_raw(
 
 
 def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: faust.TopicT,
-             versions: Any, catalog: Catalog, concurrency: int = 1) -> Any:
+             versions: Any, catalog: Catalog, outbox: Outbox, concurrency: int = 1) -> Any:
     """Declare the normalize agent on ``app``.
 
     ``versions`` is the changelog-backed table (order_id → last emitted version) co-partitioned
@@ -80,7 +81,6 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
     async def normalize_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
-            sent: list[Any] = []
             for event in events:
                 batch_versions.event = event
                 msg = event.message
@@ -94,8 +94,8 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                                                field=rej.field, detail=rej.detail)
                     elif out.value is not None and out.version is not None and out.order_id is not None:
                         # Keep the raw topic's timestamp (ingest time): end-to-end latency is measured from it.
-                        sent.append(await orders.send(key=out.order_id.encode(), value=out.value,
-                                                      timestamp=msg.timestamp))
+                        outbox.send(orders.get_topic_name(), out.order_id.encode(), out.value,
+                                    timestamp=msg.timestamp)
                         batch_versions[out.order_id] = out.version.to_dict()
                         m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
                         if msg.timestamp:
@@ -108,7 +108,7 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                     except Exception as exc2:  # noqa: BLE001
                         die("normalize", exc2)
             try:
-                await acked(sent)  # canonical orders durable before the dedup table remembers them
+                await outbox.flushed()  # canonical orders durable before the dedup table remembers them
             except Exception as exc:  # noqa: BLE001
                 die("normalize", exc)
             batch_versions.flush()

@@ -19,14 +19,16 @@ import orjson
 from ..domain.ledger import Ledger, apply_ops, reserved_drift
 from ..metrics import registry as m
 from ..streams.codecs import dumps
+from ..streams.outbox import Outbox
+from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, acked, by_partition, dead_letter_exception, die
+from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
 
 log = logging.getLogger("peakroute.stock")
 
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
-             levels: Any, holds: Any, views: RedisViews) -> Any:
+             levels: Any, holds: Any, views: RedisViews, outbox: Outbox) -> Any:
     levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
     ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
     #: sku -> [(level key, reserved as its holds add up)]: levels to correct before their SKU is next
@@ -76,9 +78,9 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="stock")
             try:
-                sent = [await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
-                        for partition, batch in by_partition((r["reply_to"], r) for r in out).items()]
-                await acked(sent)  # replies durable before the holds are remembered
+                for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
+                    outbox.send(STOCK_REPLIES, None, dumps({"replies": batch}), partition=partition)
+                await outbox.flushed()  # replies durable before the holds are remembered
             except Exception as exc:  # noqa: BLE001
                 die("stock", exc)
             levels_batch.flush()

@@ -29,7 +29,8 @@ from ..domain.network import load_network
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
-from .topics import DLQ, INVENTORY, ORDER_EVENTS, ORDERS, RAW_TOPICS, REVIEW, STOCK_OPS, STOCK_REPLIES, TABLES
+from .outbox import Outbox
+from .topics import DLQ, INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -72,6 +73,8 @@ def build_app(settings: Settings) -> faust.App:
     views = RedisViews(settings.redis_url)
     breakers = BreakerStore(settings.redis_url)
     breaker_cfg = settings.breaker_config()
+    # Each batch's outgoing messages go through librdkafka; faust's producer keeps the changelogs.
+    outbox = Outbox(settings.kafka_bootstrap)
 
     def topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
@@ -83,19 +86,18 @@ def build_app(settings: Settings) -> faust.App:
 
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
-    order_events = topic(ORDER_EVENTS)
 
     normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
-                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"))
+                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"),
+                       outbox=outbox)
     order_state = table("order-state", "order_id -> routing state")
-    fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), stock_ops=stock_ops,
-                         replies=stock_replies, order_events=order_events, review=topic(REVIEW), dlq=dlq,
+    fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
-                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n)
+                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox)
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg)
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
                    levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
-                   holds=table("stock-holds", "order_id|line_id -> reservation"))
+                   holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox)
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,
                        warehouses={w.code for w in network.warehouses}, partitions=n)
