@@ -31,7 +31,8 @@ from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillmen
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die, sku_partition
+from .common import (BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die,
+                     send_dead_letter, sku_partition)
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -190,9 +191,16 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
             skus: set[str] = set()
             for event in events:
                 try:
-                    # A poison pill (not JSON, not an object, wrong shapes) must fail here, inside
-                    # the try, and become a dead letter — never escape the agent.
                     doc = orjson.loads(event.message.value)
+                    if not isinstance(doc, dict):
+                        raise TypeError(f"top level must be an object, got {type(doc).__name__}")
+                except (orjson.JSONDecodeError, TypeError) as exc:  # null, empty, not UTF-8 or not JSON
+                    await send_dead_letter(dlq, event, channel=None, stage="fulfillment", reason="malformed_json",
+                                           field="$", detail=f"{type(exc).__name__}: {exc}"[:500])
+                    continue
+                try:
+                    # A poison pill (wrong shapes) must fail here, inside the try, and become a
+                    # dead letter — never escape the agent.
                     wanted: set[str] = set()
                     if event.message.topic == ORDERS:
                         wanted.update(str(line["sku"]) for line in doc.get("lines", []))

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -55,7 +56,7 @@ def scale(short: float, long: float) -> float:
 class Worker:
     """One ``peakroute worker`` process; replaced by a new process when restarted."""
 
-    def __init__(self, pool: "WorkerPool", name: str) -> None:
+    def __init__(self, pool: WorkerPool, name: str) -> None:
         self.pool, self.name = pool, name
         self.generation = 0
         self.proc: PeakrouteProcess | None = None
@@ -265,6 +266,9 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: st
         except BaseException:
             for w in pool.workers:
                 print(f"----- {w.name} (last 4000 chars) -----\n{w.logs()[-4000:]}")
+            keep = Path("/tmp/peakroute-fault-evidence") / f"{name}-{time.strftime('%H%M%S')}"
+            shutil.copytree(tmp / "logs", keep, dirs_exist_ok=True)
+            print(f"worker logs kept in {keep}")
             raise
         finally:
             monitor.close()
@@ -273,8 +277,6 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: st
 
 
 def _remove_datadir(app_id: str) -> None:
-    import shutil
-
     shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
 
 
@@ -315,6 +317,32 @@ def find_stuck(settings: Settings) -> list[str]:
         return out
 
     return stuck_orders(docs(ORDERS), docs(ORDER_EVENTS))
+
+
+def explain_stuck(sc: Scenario, oids: list[str]) -> str:
+    """Everything the topics and the worker logs say about some stuck orders (for the bug hunt)."""
+    from peakroute.streams.topics import DLQ
+
+    want = set(oids)
+    out = []
+    for topic in (ORDERS, ORDER_EVENTS, STOCK_OPS, STOCK_REPLIES, DLQ):
+        for t, p, o, _k, value in read_all(sc.settings.kafka_bootstrap, [topic]):
+            text = (value or b"").decode(errors="replace")
+            for oid in want:
+                if oid in text:
+                    doc = orjson.loads(value) if topic in (ORDERS, ORDER_EVENTS) else None
+                    if topic == ORDERS and doc is not None:
+                        text = f"status={doc.get('status')} updated_at={doc.get('updated_at')}"
+                    elif topic in (STOCK_OPS, STOCK_REPLIES):
+                        items = orjson.loads(value).get("ops" if topic == STOCK_OPS else "replies", [])
+                        text = str([i for i in items if i.get("order_id") == oid])
+                    out.append(f"{oid} {t}[{p}]@{o}: {text[:600]}")
+    for w in sc.pool.workers:
+        for line in w.logs().splitlines():
+            if any(oid in line for oid in want) or "Assigned" in line or "revoked" in line.lower() \
+                    or "frozen" in line or "plumbing" in line:
+                out.append(f"{w.name}: {line[:400]}")
+    return "----- stuck orders -----\n" + "\n".join(out[:400])
 
 
 @dataclass
@@ -374,7 +402,14 @@ def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, dra
     load_end = getattr(load, "ended", time.monotonic())
     lag = wait_drained(sc.settings, drain_timeout)
     drained = time.monotonic()
-    assert lag == 0, f"workers did not catch up: lag {lag}"
+    if lag != 0:
+        from peakroute.demo import committed, end_offsets
+
+        ends = end_offsets(sc.settings.kafka_bootstrap, INPUTS)
+        done = committed(sc.settings.kafka_bootstrap, sc.settings.app_id, list(ends))
+        behind = {f"{t}[{p}]": ends[(t, p)] - done.get((t, p), 0) for t, p in ends if ends[(t, p)] != done.get((t, p), 0)}
+        (sc.tmp / "logs" / "lag.txt").write_text(repr(behind))
+        raise AssertionError(f"workers did not catch up: lag {lag}: {behind}")
     time.sleep(3)
     code, text = run_audit(sc.settings)
     stuck = find_stuck(sc.settings)
@@ -405,6 +440,10 @@ def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, dra
                     + "\n" + rendered + "\n\n")
     except OSError:
         pass
+    if stuck:
+        why = explain_stuck(sc, stuck[:5])
+        print(why, flush=True)
+        (sc.tmp / "logs" / "stuck.txt").write_text(why)
     assert code == 0, text[-5000:]
     assert "AUDIT OK" in text
     assert not stuck, f"{len(stuck)} paid orders never got an outcome: {stuck[:20]}"

@@ -1,0 +1,144 @@
+"""Poison pills and zombies (pure parts of agents/common.py): big payloads are cut so their dead
+letter fits in Kafka, a message failing with plumbing errors is retried a bounded number of times
+(counted across restarts) and then dead-lettered, and a worker frozen past its limit exits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peakroute.agents import common
+from peakroute.agents.common import (
+    MAX_DLQ_PAYLOAD,
+    MAX_PLUMBING_RETRIES,
+    FreezeWatch,
+    RetryCounter,
+    dead_letter_record,
+    exhausted,
+    freeze_limit,
+)
+
+
+@dataclass
+class Msg:
+    value: bytes | None
+    key: bytes | None = b"k"
+    topic: str = "peakroute.orders"
+    partition: int = 2
+    offset: int = 41
+    timestamp: float | None = 1_794_326_400.5
+
+
+@dataclass
+class Event:
+    message: Msg
+
+
+class Died(Exception):
+    pass
+
+
+class FakeDlq:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        assert len(value) < 1_000_000, "a dead letter must fit in one Kafka message"
+        self.sent.append(orjson.loads(value))
+
+
+@given(st.binary(max_size=2048) | st.none())
+def test_small_payloads_are_kept_whole(payload: bytes | None) -> None:
+    rec = dead_letter_record(Msg(payload), channel=None, stage="t", reason="malformed_json", field="$", detail="d")
+    assert rec["payload_bytes"] == (len(payload) if payload is not None else 0)
+    assert (base64.b64decode(rec["payload_b64"]) if payload is not None else None) == payload
+    assert "payload_truncated" not in rec
+    assert rec["source"] == {"topic": "peakroute.orders", "partition": 2, "offset": 41, "timestamp_ms": 1_794_326_400_500}
+
+
+def test_oversized_payload_is_cut_with_length_and_hash_and_fits_in_kafka() -> None:
+    payload = b"\xff" + b"x" * (900 * 1024)
+    rec = dead_letter_record(Msg(payload), channel="jd", stage="normalize", reason="malformed_json", field="$",
+                             detail="d")
+    assert rec["payload_truncated"] is True
+    assert rec["payload_bytes"] == len(payload)
+    assert rec["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert base64.b64decode(rec["payload_b64"]) == payload[:MAX_DLQ_PAYLOAD]
+    assert rec["payload"] is None
+    assert len(orjson.dumps(rec)) < 1_000_000
+
+
+def test_retry_budget() -> None:
+    assert not exhausted(1, 3) and not exhausted(3, 3) and exhausted(4, 3)
+
+
+def test_failure_counts_survive_a_restart_in_the_state_dir(tmp_path: Path) -> None:
+    path = tmp_path / "failures" / "app.json"
+    assert RetryCounter("app", None, path).failed("t", 0, 5) == 1
+    assert RetryCounter("app", None, path).failed("t", 0, 5) == 2  # a new process, same file
+    assert RetryCounter("app", None, path).failed("t", 0, 6) == 1  # another message
+    assert RetryCounter("other", None, path).failed("t", 0, 5) == 1  # another consumer group
+
+
+def test_unreachable_redis_falls_back_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.json"
+    counter = RetryCounter("app", "redis://127.0.0.1:1/0", path)
+    assert counter.failed("t", 1, 1) == 1
+    assert RetryCounter("app", None, path).failed("t", 1, 1) == 2
+
+
+def test_a_message_failing_with_plumbing_errors_is_retried_then_dead_lettered(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(stage: str, exc: BaseException) -> None:
+        raise Died(stage)
+
+    monkeypatch.setattr(common, "die", die)
+    monkeypatch.setattr(common.GUARDS, "retries", RetryCounter("app", None, tmp_path / "f.json"))
+    event, dlq = Event(Msg(b'{"order_id": "x"}')), FakeDlq()
+    for _ in range(MAX_PLUMBING_RETRIES):  # each attempt: the worker exits to re-read the message
+        with pytest.raises(Died):
+            asyncio.run(common.dead_letter_exception(dlq, event, OSError("disk on fire"), channel=None, stage="t"))
+    assert dlq.sent == []
+    asyncio.run(common.dead_letter_exception(dlq, event, OSError("disk on fire"), channel=None, stage="t"))
+    [rec] = dlq.sent
+    assert rec["reason"] == "internal_error"
+    assert f"failed {MAX_PLUMBING_RETRIES + 1} times" in rec["detail"]
+    assert rec["source"]["offset"] == 41
+
+
+def test_a_message_failing_by_its_own_fault_is_dead_lettered_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "die", lambda stage, exc: (_ for _ in ()).throw(Died(stage)))
+    dlq = FakeDlq()
+    asyncio.run(common.dead_letter_exception(dlq, Event(Msg(b"[]")), KeyError("lines"), channel=None, stage="t"))
+    assert dlq.sent[0]["reason"] == "internal_error" and "KeyError" in dlq.sent[0]["detail"]
+
+
+def test_freeze_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(stage: str, exc: BaseException) -> None:
+        raise Died(str(exc))
+
+    monkeypatch.setattr(common, "die", die)
+    watch = FreezeWatch(limit_s=6.0)
+    watch.check("before the first tick", now=1e9)  # not started: never fires
+    watch.tick(now=100.0)
+    watch.tick(now=101.0)
+    watch.check("agent", now=106.9)
+    with pytest.raises(Died, match="frozen for 8.0 s"):
+        watch.check("agent", now=109.0)
+    with pytest.raises(Died):
+        watch.tick(now=120.0)  # the watch itself notices the gap
+
+
+def test_freeze_limit_stays_under_the_session_timeout() -> None:
+    assert freeze_limit(30) == 24
+    assert freeze_limit(12) == 6
+    for s in (6, 10, 12, 30, 60, 300):
+        assert 0 < freeze_limit(s) < s
