@@ -182,6 +182,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     from .connectors.stockload import generate_stock, produce_inventory
     from .domain.catalog import load_catalog
     from .domain.network import load_network
+    from .logs import redact_credentials
     from .stack import LocalStack, StackError
     from .streams.topics import INVENTORY, ORDER_EVENTS, REVIEW, STOCK_OPS, STOCK_REPLIES, fulfillment_topic, topic_specs
 
@@ -191,7 +192,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     network = load_network(settings.network_file or None)
     say("▶ 1/6 local stack (real Kafka + Redis)")
     try:
-        LocalStack(settings, log=lambda s: say("  " + s)).up(topic_specs(settings))
+        LocalStack(settings, log=lambda s: say("  " + redact_credentials(s))).up(topic_specs(settings))
     except StackError as exc:
         say(f"error: {exc}")
         return 1

@@ -15,7 +15,7 @@ from typing import Any
 import faust
 
 from ..domain.breaker import HALF_OPEN, Breaker, BreakerConfig, observe, take_tokens
-from ..domain.fulfillment import HELD
+from ..domain.fulfillment import HELD, Watchlist
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.breaker_store import BreakerStore
@@ -26,7 +26,7 @@ STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: BreakerStore,
-             cfg: BreakerConfig) -> None:
+             cfg: BreakerConfig, watch: Watchlist) -> None:
     trips_seen: dict[str, int] = {}
 
     @app.timer(interval=cfg.tick_s, on_leader=True)
@@ -73,7 +73,9 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
         """Held orders live in this worker's table; put any that Redis forgot back under their
         breaker, or release them if that breaker no longer holds."""
         try:
-            held = [(oid, st) for oid, st in list(state_table.items()) if st and st.get("status") == HELD]
+            if not watch.ensure(state_table, in_recovery=app.in_recovery, now=time.monotonic()):
+                return
+            held = [(oid, st) for oid in list(watch.held) if (st := state_table.get(oid)) and st.get("status") == HELD]
             if not held:
                 return
             known = await store.is_held([oid for oid, _ in held])

@@ -22,7 +22,7 @@ import faust
 import orjson
 
 from ..domain.catalog import Catalog
-from ..domain.fulfillment import RESERVING, ROUTED, Effects, OrderRouter, StockView
+from ..domain.fulfillment import Effects, OrderRouter, StockView, Watchlist
 from ..domain.network import Network
 from ..metrics import registry as m
 from ..streams.codecs import dumps
@@ -74,7 +74,7 @@ class BatchView:
 
 def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
-             breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox) -> Any:
+             breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox, watch: Watchlist) -> Any:
     router = OrderRouter(network, catalog)
     states = BatchWrites(state_table)
     codes = [w.code for w in network.warehouses]
@@ -187,6 +187,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
     async def fulfillment_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
+            watch.ensure(state_table, recovered=True)
             decoded: list[tuple[faust.EventT, Any]] = []
             skus: set[str] = set()
             for event in events:
@@ -266,6 +267,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                             new, one = router.on_reply(state, item, view.view, now_iso())
                         if new is not None and new is not state:
                             states[oid] = new
+                            watch.update(oid, new)
                         if one.events and new is not None:
                             observe_outcomes(new, one)
                         view.planned(one.stock_ops)
@@ -291,15 +293,13 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
         now = now_iso()
         stale_before = datetime.fromtimestamp(time.time() - RETRY_AFTER_S, timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        if not watch.ensure(state_table, in_recovery=app.in_recovery, now=time.monotonic()):
+            return
         due: dict[int, list[dict]] = {}
-        for oid, state in list(state_table.items()):
-            if state.get("status") == RESERVING and state.get("since", now) < stale_before:
-                due.setdefault(state.get("p", 0), []).append({"outcome": "retry", "order_id": oid})
+        for partition, message in watch.due(now, stale_before):
+            due.setdefault(partition, []).append(message)
+            if message["outcome"] == "retry":
                 m.RESERVATION_RETRIES.inc()
-            order = state.get("order") or {}
-            exp = order.get("expires_at")
-            if exp and exp < now and order.get("status") == "pending_payment" and state["status"] in (RESERVING, ROUTED):
-                due.setdefault(state.get("p", 0), []).append({"outcome": "expire", "order_id": oid})
         for partition, batch in due.items():
             await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
 

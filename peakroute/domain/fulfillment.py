@@ -335,3 +335,67 @@ class OrderRouter:
     @staticmethod
     def _op(op: str, order_id: str, line_id: str, sku: str, **kw: Any) -> dict[str, Any]:
         return {"op": op, "order_id": order_id, "line_id": line_id, "sku": sku, **kw}
+
+
+@dataclass
+class Watchlist:
+    """The few orders the timers must look at, kept beside the order-state table as it is written:
+    reservations waiting for answers (retried when stale), unpaid orders holding stock (released
+    when they expire) and orders held by a breaker (repaired if Redis forgot them).
+
+    Why: the timers used to scan every order in the table every few seconds — fine for a thousand
+    orders, a stall of the event loop for the millions a worker holds on a peak day.  The list is
+    rebuilt by one scan after a restart or rebalance (``stale``), then kept by :meth:`update`.
+    """
+
+    reserving: dict[str, tuple[str, int]] = field(default_factory=dict)  #: order_id -> (since, partition)
+    expiring: dict[str, tuple[str, int]] = field(default_factory=dict)  #: order_id -> (expires_at, partition)
+    held: dict[str, int] = field(default_factory=dict)  #: order_id -> partition
+    stale: bool = True
+    stale_since: float = 0.0  #: monotonic time the list went stale
+
+    def update(self, order_id: str, state: dict[str, Any] | None) -> None:
+        self.reserving.pop(order_id, None)
+        self.expiring.pop(order_id, None)
+        self.held.pop(order_id, None)
+        if not state:
+            return
+        status, partition = state.get("status"), state.get("p", 0)
+        if status == RESERVING:
+            self.reserving[order_id] = (state.get("since") or "9999", partition)  # no start time: never stale
+        elif status == HELD:
+            self.held[order_id] = partition
+        order = state.get("order") or {}
+        if order.get("expires_at") and order.get("status") == "pending_payment" and status in (RESERVING, ROUTED):
+            self.expiring[order_id] = (order["expires_at"], partition)
+
+    def mark_stale(self, now: float) -> None:
+        self.stale, self.stale_since = True, now
+
+    def ensure(self, table: Any, *, recovered: bool = False, in_recovery: bool = False, now: float = 0.0,
+               settle_s: float = 5.0) -> bool:
+        """Rebuild from ``table`` if a restart or rebalance made the list stale and the table is
+        whole again: ``recovered`` (the agents call this from a batch: faust only delivers events
+        once recovery is done), or — for timers, which also tick during recovery — not
+        ``in_recovery`` and at least ``settle_s`` after going stale.  Returns whether the list is
+        usable."""
+        if self.stale and (recovered or (not in_recovery and now - self.stale_since >= settle_s)):
+            self.rebuild(list(table.items()))
+        return not self.stale
+
+    def rebuild(self, states: Any) -> None:
+        """One scan of ``(order_id, state)`` pairs (the table after recovery)."""
+        self.reserving.clear()
+        self.expiring.clear()
+        self.held.clear()
+        for order_id, state in states:
+            self.update(order_id, state)
+        self.stale = False
+
+    def due(self, now: str, stale_before: str) -> list[tuple[int, dict[str, str]]]:
+        """(partition, control message) for every reservation waiting since before ``stale_before``
+        (ask again) and every unpaid order whose expiry is before ``now`` (release its stock)."""
+        out = [(p, {"outcome": "retry", "order_id": oid})
+               for oid, (since, p) in self.reserving.items() if since < stale_before]
+        out += [(p, {"outcome": "expire", "order_id": oid}) for oid, (exp, p) in self.expiring.items() if exp < now]
+        return out

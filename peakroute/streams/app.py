@@ -20,11 +20,14 @@ Every stream topic has the same partition count, so faust co-partitions each tab
 
 from __future__ import annotations
 
+import time
+
 import faust
 
 from ..agents import breaker, common, fulfillment, inventory, normalize, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
+from ..domain.fulfillment import Watchlist
 from ..domain.network import load_network
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import RedisViews
@@ -91,10 +94,18 @@ def build_app(settings: Settings) -> faust.App:
                        versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"),
                        outbox=outbox)
     order_state = table("order-state", "order_id -> routing state")
+    # In-flight orders the timers watch (rebuilt by one scan of order-state after each rebalance).
+    watch = Watchlist()
+
+    async def watch_stale(*_args: object, **_kwargs: object) -> None:
+        watch.mark_stale(time.monotonic())
+
+    app.on_partitions_assigned.connect(watch_stale, weak=False)
     fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
-                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox)
-    breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg)
+                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch)
+    breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
+                     watch=watch)
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
                    levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
                    holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox)
