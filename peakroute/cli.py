@@ -57,6 +57,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     serve(args.metrics_port)
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # before any loop exists: faust's worker then runs on libuv
+    elif settings.event_loop != "asyncio":
+        print(f"error: PEAKROUTE_EVENT_LOOP must be uvloop or asyncio, not {settings.event_loop!r}", file=sys.stderr)
+        return 2
     app = build_app(settings)
     from .logs import logging_config
 

@@ -95,6 +95,9 @@ class Settings:
     #: most 3 s), and a worker whose own event loop was frozen for most of it exits (code 70)
     #: instead of acting on partitions it may no longer own.
     session_timeout_s: float = 30.0
+    #: Worker event loop: ``uvloop`` (libuv; a faster asyncio loop for faust's many small
+    #: callbacks — see benchmarks/RESULTS.md) or ``asyncio`` (the standard library's).
+    event_loop: str = "uvloop"
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)
