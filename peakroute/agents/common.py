@@ -229,6 +229,61 @@ def install_guards(app: faust.App, settings: Any) -> None:
     async def freeze_watch() -> None:
         GUARDS.freeze.tick()
 
+    stall = CommitStall(max(60.0, 2 * settings.session_timeout_s))
+
+    @app.timer(interval=5.0, on_leader=False)
+    async def commit_watch() -> None:
+        if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+            stall.reset()
+            return
+        try:
+            consumer = app.consumer
+            progress = {tp: (consumer._read_offset.get(tp), consumer._committed_offset.get(tp))  # noqa: SLF001
+                        for tp in consumer.assignment()}
+        except Exception:  # noqa: BLE001 - not started yet
+            return
+        stuck = stall.observe(progress)
+        if stuck:
+            die("commit-watch", TimeoutError(f"committed offsets not advancing for {stall.limit_s:.0f} s while "
+                                             f"messages wait: {sorted(map(str, stuck))[:5]}"))
+
+
+class CommitStall:
+    """A partition whose committed offset stays put while messages read past it wait.
+
+    faust-streaming can leave a partition's commit stuck (a gap in its acked offsets after a
+    rebalance or a broker outage: its "Possible livelock: COMMIT OFFSET NOT ADVANCING") while the
+    worker otherwise looks healthy; nothing after the gap is ever committed and the lag never
+    drains.  After ``limit_s`` of that the worker exits (code 70) and its supervisor restarts it:
+    it re-reads from the last commit, which every stage handles idempotently.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._since: dict[Any, tuple[Any, float]] = {}
+
+    def reset(self) -> None:
+        self._since.clear()
+
+    def observe(self, progress: dict[Any, tuple[int | None, int | None]], now: float | None = None) -> list[Any]:
+        """``progress``: tp -> (last read offset, committed offset); returns the stalled tps."""
+        now = time.monotonic() if now is None else now
+        stuck = []
+        for tp, (read, committed) in progress.items():
+            waiting = read is not None and (committed is None or read >= committed)
+            if not waiting:
+                self._since.pop(tp, None)
+                continue
+            seen = self._since.get(tp)
+            if seen is None or seen[0] != committed:
+                self._since[tp] = (committed, now)
+            elif now - seen[1] > self.limit_s:
+                stuck.append(tp)
+        for tp in list(self._since):
+            if tp not in progress:
+                del self._since[tp]
+        return stuck
+
 
 def die(stage: str, exc: BaseException) -> None:
     """Stop the worker process at once, without committing what it has read.
@@ -332,3 +387,60 @@ async def acked(pending: list[Any]) -> None:
         await asyncio.gather(*pending)
         pending.clear()
     GUARDS.freeze.check("acked")
+
+
+#: Redis key that says "the stock view of this stock-ops partition is complete in this Redis".
+def stock_view_mark(partition: int) -> str:
+    return f"peakroute:stock-view:complete:{partition}"
+
+
+def levels_of_partitions(levels: Iterable[tuple[str, Any]], partitions: set[int], n: int
+                         ) -> list[tuple[str, str, tuple[int, int, int]]]:
+    """(sku, warehouse, (on_hand, reserved, safety)) of every stock level owned by ``partitions``
+    (table keys are ``sku|warehouse``)."""
+    out = []
+    for key, level in levels:
+        sku, _, wh = str(key).rpartition("|")
+        if sku and level and sku_partition(sku, n) in partitions:
+            on_hand, reserved, safety = (int(x) for x in level[:3])
+            out.append((sku, wh, (on_hand, reserved, safety)))
+    return out
+
+
+def install_stock_view_repair(app: faust.App, *, levels: Any, views: Any, stock_ops_topic: str, partitions: int,
+                              every_s: float = 10.0) -> None:
+    """The SKU owners republish the whole stock view of their partitions when Redis lost it.
+
+    The stock agent publishes a (SKU, warehouse) level only when it changes, so a Redis restarted
+    empty would get back only the levels touched since, and planners would see no stock at the
+    other warehouses (orders backordered while stock exists) until each happened to move.  Each
+    owner keeps a mark per partition in Redis; a missing mark (Redis emptied, or a partition just
+    assigned) makes it republish that partition's levels from its table and set the mark.
+    """
+
+    @app.timer(interval=every_s, on_leader=False)
+    async def repair_stock_view() -> None:
+        if getattr(app, "in_recovery", False):
+            return
+        try:
+            owned = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == stock_ops_topic)
+        except Exception:  # noqa: BLE001 - not assigned yet
+            return
+        if not owned:
+            return
+        try:
+            pipe = views.redis.pipeline(transaction=False)
+            for p in owned:
+                pipe.exists(stock_view_mark(p))
+            missing = {p for p, present in zip(owned, await pipe.execute(), strict=True) if not present}
+            if not missing:
+                return
+            found = levels_of_partitions(list(levels.items()), missing, partitions)
+            await views.publish_stock(found)
+            pipe = views.redis.pipeline(transaction=False)
+            for p in missing:
+                pipe.set(stock_view_mark(p), "1")
+            await pipe.execute()
+            log.info("stock view republished for partitions %s (%d levels)", sorted(missing), len(found))
+        except Exception as exc:  # noqa: BLE001 - Redis away: try again next tick
+            log.warning("stock view not repaired (redis): %r", exc)

@@ -106,10 +106,11 @@ def build_app(settings: Settings) -> faust.App:
                          breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch)
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
                      watch=watch)
-    stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views,
-                   levels=table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]"),
+    levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
+    stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,
                    holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox)
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
+    common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,
                        warehouses={w.code for w in network.warehouses}, partitions=n)
     return app

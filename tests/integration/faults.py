@@ -100,7 +100,7 @@ class WorkerPool:
     compose ``restart: unless-stopped`` or systemd would (``die()`` exits with code 70 by design)."""
 
     def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
-        self.settings, self.log_dir, self.env = settings, log_dir, env
+        self.settings, self.log_dir, self.env = settings, log_dir, {"PYTHONUNBUFFERED": "1", **env}
         log_dir.mkdir(parents=True, exist_ok=True)
         self.workers: list[Worker] = []
         self.restarts: list[tuple[str, int]] = []  # (worker, exit code) of unplanned exits
@@ -256,7 +256,8 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: st
         producer = make_producer(settings)
         produce_inventory(producer, generate_stock(catalog, network, units=units,
                                                    scarce={"SKU-LIPSTICK-07": 150, "SKU-EARBUD-W": 200}))
-        pool = WorkerPool(settings, tmp / "logs", **env)
+        passed = {k: os.environ[k] for k in ("PEAKROUTE_EVENT_LOOP",) if k in os.environ}
+        pool = WorkerPool(settings, tmp / "logs", **{**passed, **env})
         monitor = LagMonitor(settings)
         sc = Scenario(name, settings, tmp, pool, monitor)
         for _ in range(workers):
@@ -394,7 +395,7 @@ def parse_audit(text: str) -> dict:
             "lost": _count(r"✗ lost:", text), "twice": _count(r"✗ twice:", text), "oversold_units": oversold}
 
 
-def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, drain_timeout: float = 300) -> Report:
+def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, drain_timeout: float = 180) -> Report:
     """Wait for the load to end and the workers to catch up, audit, print and return the report;
     fails the test when anything was lost, done twice, oversold, or left without an outcome."""
     if load is not None:

@@ -142,3 +142,31 @@ def test_freeze_limit_stays_under_the_session_timeout() -> None:
     assert freeze_limit(12) == 6
     for s in (6, 10, 12, 30, 60, 300):
         assert 0 < freeze_limit(s) < s
+
+
+def test_stock_view_repair_picks_the_levels_of_the_missing_partitions() -> None:
+    from peakroute.agents.common import levels_of_partitions, sku_partition
+
+    table = [("SKU-A|WH-EAST", [10, 2, 1]), ("SKU-A|WH-NORTH", [5, 0, 0]), ("SKU-B|WH-EAST", [7, 7, 0]),
+             ("SKU-C|WH-SOUTH", None)]
+    n = 6
+    want = {sku_partition("SKU-A", n)}
+    got = levels_of_partitions(table, want, n)
+    assert sorted(got) == [("SKU-A", "WH-EAST", (10, 2, 1)), ("SKU-A", "WH-NORTH", (5, 0, 0))] or \
+        sku_partition("SKU-B", n) in want
+    everything = levels_of_partitions(table, set(range(n)), n)
+    assert len(everything) == 3
+
+
+def test_commit_stall_fires_only_when_the_commit_stays_put_while_messages_wait() -> None:
+    from peakroute.agents.common import CommitStall
+
+    stall = CommitStall(60)
+    assert stall.observe({"a": (10, 5), "b": (None, None)}, now=0) == []
+    assert stall.observe({"a": (20, 5)}, now=50) == []
+    assert stall.observe({"a": (20, 5)}, now=61) == ["a"]
+    assert stall.observe({"a": (30, 21)}, now=62) == []  # committed moved: a new clock
+    assert stall.observe({"a": (30, 31)}, now=200) == []  # caught up: nothing waits
+    assert stall.observe({"a": (40, 31)}, now=210) == []
+    stall.reset()
+    assert stall.observe({"a": (40, 31)}, now=400) == []
