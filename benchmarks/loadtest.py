@@ -330,6 +330,30 @@ def state_bytes(settings: Settings) -> int:
     return sum(f.stat().st_size for d in data.glob(f"{settings.app_id}-*-changelog-*") for f in d.glob("*.log"))
 
 
+def traffic(settings: Settings, orders: int) -> dict[str, Any]:
+    """Messages and bytes on disk per order, by topic (for the capacity model)."""
+    from confluent_kafka.admin import AdminClient
+
+    names = [t for t in AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10).topics
+             if not t.startswith("__") and not t.startswith("bench.")]
+    ends = end_offsets(settings.kafka_bootstrap, names)
+    msgs: dict[str, int] = {}
+    for (topic, _), end in ends.items():
+        msgs[topic] = msgs.get(topic, 0) + end
+    data = Path(settings.state_dir) / "kafka" / "data"
+    size: dict[str, int] = {}
+    for d in data.iterdir():
+        topic = d.name.rpartition("-")[0]
+        if topic in msgs:
+            size[topic] = size.get(topic, 0) + sum(f.stat().st_size for f in d.glob("*.log"))
+    short = {t: t.replace(settings.app_id + "-", "") for t in msgs}
+    n = max(1, orders)
+    return {"orders": orders,
+            "messages_per_order": round(sum(msgs.values()) / n, 2),
+            "bytes_per_order": round(sum(size.values()) / n),
+            "by_topic": {short[t]: [round(msgs[t] / n, 2), round(size.get(t, 0) / n)] for t in sorted(msgs)}}
+
+
 def lag(settings: Settings) -> int:
     ends = end_offsets(settings.kafka_bootstrap, PIPELINE_TOPICS)
     done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
@@ -458,6 +482,7 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
             extra["rss_mb_after_sweep"] = procs.rss_mb()
             extra["changelog_bytes"] = state_bytes(settings)
             extra["orders_total"] = sum(s.new_orders for s in steps)
+            extra["traffic"] = traffic(settings, extra["orders_total"])
             if hot:
                 out = subprocess.run([sys.executable, "-m", "peakroute", "audit"], env=env, capture_output=True,
                                      text=True, timeout=600, cwd=ROOT)

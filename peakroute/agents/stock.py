@@ -72,7 +72,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                     for op in ops:
                         if op.get("short_pick"):
                             m.SHORT_PICKS.inc(-int(op.get("delta", 0)))
-                    replies_, touched_ = apply_ops(ledger, ops)
+                    replies_, touched_ = apply_ops(ledger, ops, event.message.offset)
                     out += replies_
                     touched |= touched_
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent

@@ -52,7 +52,7 @@ class ReserveResult:
     available: int  #: units still available at that warehouse after the decision
 
 
-Levels = MutableMapping[str, list[int]]  # level_key -> [on_hand, reserved, safety]
+Levels = MutableMapping[str, list[int]]  # level_key -> [on_hand, reserved, safety(, offset, index of last stock change)]
 Holds = MutableMapping[str, dict]  # hold_key -> Hold.to_dict()
 
 
@@ -73,13 +73,30 @@ class Ledger:
         return on_hand - reserved - safety
 
     def _put(self, sku: str, warehouse: str, on_hand: int, reserved: int, safety: int) -> None:
-        self.levels[level_key(sku, warehouse)] = [on_hand, reserved, safety]
+        key = level_key(sku, warehouse)
+        old = self.levels.get(key)
+        # Keep the level's stock-change watermark (elements 3-4), if any: see applied_at().
+        self.levels[key] = [on_hand, reserved, safety, *old[3:5]] if old and len(old) > 3 else \
+            [on_hand, reserved, safety]
+
+    def applied_at(self, sku: str, warehouse: str) -> tuple[int, int]:
+        """(stock-ops offset, index in that message) of the last inventory change applied to this
+        level, or (-1, -1).  Snapshots and deltas arrive at-least-once: a batch re-read after a
+        crash would add a receipt's delta twice, so a level remembers — in the same record, written
+        atomically with the new on-hand — the position of the last change it took."""
+        v = self.levels.get(level_key(sku, warehouse))
+        return (int(v[3]), int(v[4])) if v and len(v) > 4 else (-1, -1)
+
+    def mark_applied(self, sku: str, warehouse: str, position: tuple[int, int]) -> None:
+        key = level_key(sku, warehouse)
+        v = self.levels.get(key) or [0, 0, 0]
+        self.levels[key] = [v[0], v[1], v[2], position[0], position[1]]
 
     def set_reserved(self, key: str, reserved: int) -> int:
         """Overwrite one level's ``reserved`` (see :func:`reserved_drift`); return the old value."""
         v = self.levels.get(key)
         on_hand, old, safety = (v[0], v[1], v[2]) if v else (0, 0, 0)
-        self.levels[key] = [on_hand, reserved, safety]
+        self.levels[key] = [on_hand, reserved, safety, *(v[3:5] if v else [])]
         return old
 
     # -- reservations --------------------------------------------------------------------------
@@ -176,8 +193,12 @@ def reserved_drift(levels: Levels, holds: Holds) -> dict[str, int]:
     return drift
 
 
-def apply_ops(ledger: Ledger, ops: list[dict]) -> tuple[list[dict], set[tuple[str, str]]]:
+def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
+              ) -> tuple[list[dict], set[tuple[str, str]]]:
     """Apply a batch of stock operations in order; return (replies, touched (sku, warehouse) pairs).
+
+    ``source_offset`` is the stock-ops offset of the message the ops came in: an inventory change
+    (``stock``) already applied from that position is skipped when the message is read again.
 
     Operations: ``reserve`` / ``release`` (from order owners), ``ship`` (WMS confirmed a shipment),
     ``stock`` (on-hand snapshot or delta, safety stock).  A reply goes to ``reply_to``, the partition
@@ -185,7 +206,7 @@ def apply_ops(ledger: Ledger, ops: list[dict]) -> tuple[list[dict], set[tuple[st
     """
     replies: list[dict] = []
     touched: set[tuple[str, str]] = set()
-    for op in ops:
+    for index, op in enumerate(ops):
         kind = op["op"]
         if kind == "reserve":
             r = ledger.reserve(op["order_id"], op["line_id"], op["sku"], op["warehouse"], int(op["qty"]),
@@ -206,9 +227,15 @@ def apply_ops(ledger: Ledger, ops: list[dict]) -> tuple[list[dict], set[tuple[st
                                 "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
                                 "qty": held.qty, "reply_to": held.reply_to})
         elif kind == "stock":
+            if source_offset is not None:
+                position = (source_offset, index)
+                if ledger.applied_at(op["sku"], op["warehouse"]) >= position:
+                    continue  # this very change, read again after a restart
             evicted = ledger.set_stock(op["sku"], op["warehouse"], on_hand=op.get("on_hand"),
                                        safety=op.get("safety"), delta=int(op.get("delta", 0)))
             touched.add((op["sku"], op["warehouse"]))
+            if source_offset is not None:
+                ledger.mark_applied(op["sku"], op["warehouse"], position)
             for held in evicted:
                 replies.append({"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id,
                                 "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,

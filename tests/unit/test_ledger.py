@@ -201,3 +201,29 @@ def test_reserved_drift_names_only_levels_that_disagree_with_their_holds() -> No
     assert reserved_drift(led.levels, led.holds) == {"SKU-A|WH-1": 2, "SKU-B|WH-1": 0}
     del led.levels["SKU-A|WH-1"]  # the hold landed, its level did not
     assert reserved_drift(led.levels, led.holds) == {"SKU-A|WH-1": 2, "SKU-B|WH-1": 0}
+
+
+def test_an_inventory_change_read_again_after_a_crash_is_applied_once() -> None:
+    """Deltas (a receipt of +100) are not idempotent: the level remembers the stock-ops position of
+    the last change it took, in the same record, so re-reading the message changes nothing."""
+    from peakroute.domain.ledger import apply_ops
+
+    led = Ledger({}, {})
+    receipt = [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "delta": 100}]
+    apply_ops(led, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 10, "safety": 1}], 41)
+    apply_ops(led, receipt, 42)
+    apply_ops(led, receipt, 42)  # the batch is read again after a kill -9
+    assert led.level("SKU-A", "WH-1") == (110, 0, 1)
+    apply_ops(led, receipt, 43)  # a second receipt (a later message)
+    assert led.level("SKU-A", "WH-1") == (210, 0, 1)
+    # Reservations keep the watermark; two changes to one level in one message both apply, once.
+    led.reserve("o1", "1", "SKU-A", "WH-1", 5, 1, "t")
+    twice = [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "delta": -1},
+             {"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "delta": -2}]
+    for _ in range(2):
+        apply_ops(led, twice, 44)
+    assert led.level("SKU-A", "WH-1") == (207, 5, 1)
+    assert led.applied_at("SKU-A", "WH-1") == (44, 1)
+    # Without a source position (tests, tools) every change applies.
+    apply_ops(led, receipt)
+    assert led.level("SKU-A", "WH-1") == (307, 5, 1)
