@@ -220,7 +220,11 @@ def freeze_limit(session_timeout_s: float) -> float:
 
 
 def install_guards(app: faust.App, settings: Any) -> None:
-    """The poison-pill retry counter and the freeze watch of one worker process."""
+    """The poison-pill retry counter, the freeze watch, the commit watch and the gap guard of one
+    worker process."""
+    from ..streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
+
+    install_gap_guard({*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES})
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
@@ -261,16 +265,24 @@ class CommitStall:
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         self._since: dict[Any, tuple[Any, float]] = {}
+        self._first_read: dict[Any, int | None] = {}
 
     def reset(self) -> None:
         self._since.clear()
+        self._first_read.clear()
 
     def observe(self, progress: dict[Any, tuple[int | None, int | None]], now: float | None = None) -> list[Any]:
         """``progress``: tp -> (last read offset, committed offset); returns the stalled tps."""
         now = time.monotonic() if now is None else now
         stuck = []
         for tp, (read, committed) in progress.items():
-            waiting = read is not None and (committed is None or read >= committed)
+            # faust's read offset is the last offset read (just after a seek: the next one), its
+            # committed offset the next one to read (None until this process commits the tp).
+            first = self._first_read.setdefault(tp, read)
+            if committed is None:
+                waiting = read is not None and first is not None and read > first
+            else:
+                waiting = read is not None and read > committed
             if not waiting:
                 self._since.pop(tp, None)
                 continue
@@ -282,7 +294,53 @@ class CommitStall:
         for tp in list(self._since):
             if tp not in progress:
                 del self._since[tp]
+        for tp in list(self._first_read):
+            if tp not in progress:
+                del self._first_read[tp]
         return stuck
+
+
+def skipped_offsets(read: int | None, arriving: int, committed: int | None) -> tuple[int, int] | None:
+    """The offsets faust is about to skip (first, last) when ``arriving`` follows ``read``, or None.
+
+    Our input topics are written only by non-transactional producers and are never compacted, so
+    their offsets have no holes: a message arriving more than one past the last one read means
+    the consumer skipped messages (faust then counts the hole as processed and commits past it —
+    the orders in it are lost).  Offsets below ``committed`` (next to read) are done already.
+    """
+    if not read:
+        return None
+    first, last = read + 1, arriving - 1
+    if committed is not None:
+        first = max(first, committed)
+    return (first, last) if first <= last else None
+
+
+def install_gap_guard(input_topics: set[str]) -> None:
+    """Make a hole in an input partition's offsets fatal (exit 70, re-read from the last commit)
+    instead of letting faust-streaming count the skipped messages as processed.
+
+    Seen under rebalances (scale up/down, a worker joining late): faust delivered a partition's
+    messages with a jump after its read offset, marked the jump as an acked "gap", committed past
+    it, and the orders in between never reached the next stage (lost).  The worker cannot ask
+    faust to seek back safely, so it stops before anything past the hole is committed.
+    """
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer._add_gap, "_peakroute_guard", False):  # noqa: SLF001
+        return
+    original = Consumer._add_gap  # noqa: SLF001
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic in input_topics:
+            hole = skipped_offsets(offset_from - 1, offset_to, self._committed_offset.get(tp))  # noqa: SLF001
+            if hole is not None:
+                die("gap-guard", RuntimeError(f"{tp.topic}[{tp.partition}]: the consumer skipped offsets "
+                                              f"{hole[0]}..{hole[1]}; exiting so they are read again"))
+        await original(self, tp, offset_from, offset_to)
+
+    _add_gap._peakroute_guard = True  # type: ignore[attr-defined]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def die(stage: str, exc: BaseException) -> None:

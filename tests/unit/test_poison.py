@@ -170,3 +170,20 @@ def test_commit_stall_fires_only_when_the_commit_stays_put_while_messages_wait()
     assert stall.observe({"a": (40, 31)}, now=210) == []
     stall.reset()
     assert stall.observe({"a": (40, 31)}, now=400) == []
+    # Idle partitions after a restart: read = the seek position, nothing committed by this process.
+    idle = CommitStall(60)
+    assert idle.observe({"inv": (41, None), "raw": (7, 7)}, now=0) == []
+    assert idle.observe({"inv": (41, None), "raw": (7, 7)}, now=500) == []
+    # ... but reading on without ever committing is a stall.
+    assert idle.observe({"inv": (45, None)}, now=501) == []
+    assert idle.observe({"inv": (45, None)}, now=600) == ["inv"]
+
+
+def test_skipped_offsets() -> None:
+    from peakroute.agents.common import skipped_offsets
+
+    assert skipped_offsets(10, 11, None) is None  # contiguous
+    assert skipped_offsets(10, 14, None) == (11, 13)
+    assert skipped_offsets(10, 14, 13) == (13, 13)  # 11, 12 already committed
+    assert skipped_offsets(10, 14, 14) is None  # the whole hole is below the commit
+    assert skipped_offsets(None, 14, None) is None and skipped_offsets(0, 14, None) is None
