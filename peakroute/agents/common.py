@@ -316,6 +316,19 @@ def skipped_offsets(read: int | None, arriving: int, committed: int | None) -> t
     return (first, last) if first <= last else None
 
 
+def _group_committed(brokers: Any, group: str, topic: str, partition: int) -> int | None:
+    """The consumer group's committed offset of one partition, read from the broker."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    servers = ",".join(str(u).split("://", 1)[-1].rstrip("/") for u in brokers)
+    c = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+    try:
+        [tp] = c.committed([TopicPartition(topic, partition)], timeout=5)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        c.close()
+
+
 def install_gap_guard(input_topics: set[str]) -> None:
     """Make a hole in an input partition's offsets fatal (exit 70, re-read from the last commit)
     instead of letting faust-streaming count the skipped messages as processed.
@@ -334,6 +347,19 @@ def install_gap_guard(input_topics: set[str]) -> None:
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic in input_topics:
             hole = skipped_offsets(offset_from - 1, offset_to, self._committed_offset.get(tp))  # noqa: SLF001
+            if hole is not None:
+                # This process may not have committed the partition yet (just assigned): ask the
+                # group's committed offset — a hole below it was processed by the previous owner.
+                import asyncio
+
+                group = self.app.conf.id
+                try:
+                    committed = await asyncio.get_running_loop().run_in_executor(
+                        None, _group_committed, self.app.conf.broker, group, tp.topic, tp.partition)
+                except Exception as exc:  # noqa: BLE001 - cannot tell: be safe, re-read
+                    log.warning("gap guard: committed offset unknown (%r)", exc)
+                    committed = None
+                hole = skipped_offsets(offset_from - 1, offset_to, committed)
             if hole is not None:
                 die("gap-guard", RuntimeError(f"{tp.topic}[{tp.partition}]: the consumer skipped offsets "
                                               f"{hole[0]}..{hole[1]}; exiting so they are read again"))
