@@ -31,8 +31,8 @@ from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillmen
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import (BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die,
-                     send_dead_letter, sku_partition)
+from .common import (BATCH_MAX, BATCH_WITHIN_S, GUARDS, BatchWrites, by_partition, dead_letter_exception,
+                     die, send_dead_letter, sku_partition)
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -149,6 +149,9 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
 
     async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[tuple[str, int]],
                     held: list[dict]) -> None:
+        # A worker frozen while it planned this batch may have lost these orders to another
+        # worker meanwhile: its shipment requests would now be a zombie's (see FreezeWatch).
+        GUARDS.freeze.check("fulfillment effects")
         for partition, batch in by_partition(pending_ops).items():
             outbox.send(STOCK_OPS, None, dumps({"ops": batch}), partition=partition)
         for wh, request in fx.requests:

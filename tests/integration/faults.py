@@ -346,6 +346,30 @@ def explain_stuck(sc: Scenario, oids: list[str]) -> str:
     return "----- stuck orders -----\n" + "\n".join(out[:400])
 
 
+def dump_for_oversell(sc: Scenario, audit_text: str) -> None:
+    """For every oversold SKU in the audit: every record mentioning it on the stock, fulfillment
+    and inventory topics, and every event of the orders involved (kept with the worker logs)."""
+    from peakroute.domain.network import load_network
+    from peakroute.streams.topics import fulfillment_topic
+
+    skus = set(re.findall(r"oversold: (\S+) @", audit_text))
+    if not skus:
+        return
+    topics = [STOCK_OPS, STOCK_REPLIES, INVENTORY] + [fulfillment_topic(w.code) for w in load_network().warehouses]
+    out, orders = [], set()
+    for t, p, o, _k, value in read_all(sc.settings.kafka_bootstrap, topics):
+        text = (value or b"").decode(errors="replace")
+        if any(sku in text for sku in skus):
+            out.append(f"{t}[{p}]@{o}: {text}")
+            orders.update(re.findall(r'"order_id":"([^"]+)"', text))
+    for t, p, o, _k, value in read_all(sc.settings.kafka_bootstrap, [ORDER_EVENTS, ORDERS]):
+        text = (value or b"").decode(errors="replace")
+        m = re.search(r'"order_id":"([^"]+)"', text)
+        if m and m.group(1) in orders:
+            out.append(f"{t}[{p}]@{o}: {text[:1500]}")
+    (sc.tmp / "logs" / "oversold.txt").write_text("\n".join(out))
+
+
 @dataclass
 class Report:
     name: str
@@ -441,6 +465,8 @@ def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, dra
                     + "\n" + rendered + "\n\n")
     except OSError:
         pass
+    if code != 0:
+        dump_for_oversell(sc, text)
     if stuck:
         why = explain_stuck(sc, stuck[:5])
         print(why, flush=True)
