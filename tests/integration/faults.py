@@ -242,6 +242,22 @@ class Scenario:
     def fault_over(self) -> None:
         self.fault_ended = time.monotonic()
 
+    def wait_processing(self, timeout: float = 90.0) -> None:
+        """Until the workers have committed work on the raw topics (started, recovered, routing):
+        a fault injected into a worker still starting up would test nothing."""
+        from peakroute.demo import committed
+
+        deadline = time.monotonic() + timeout
+        tps = [(t, p) for t in RAW_TOPICS for p in range(self.settings.partitions)]
+        while time.monotonic() < deadline:
+            try:
+                if sum(committed(self.settings.kafka_bootstrap, self.settings.app_id, tps).values()) > 0:
+                    return
+            except KafkaException:
+                pass
+            time.sleep(1)
+        raise AssertionError("the workers never started processing")
+
     def note(self, fact: str) -> None:
         self.facts.append(fact)
         print(f"[{self.name}] {fact}", flush=True)

@@ -29,9 +29,10 @@ def test_sigstopped_worker_past_the_session_timeout_does_not_double_reserve(tmp_
     (the freeze watch makes it exit with code 70 before it touches a table or sends anything; the
     supervisor restarts it)."""
     with scenario("zombie", tmp_path, workers=2, PEAKROUTE_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S)) as sc:
-        load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(34, 120), seed=17)
+        load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(28, 120), seed=17)
+        sc.wait_processing()  # a worker frozen before its first batch is no zombie
         for n in range(3 if SLOW else 1):
-            time.sleep(7)
+            time.sleep(5)
             victim = sc.pool.workers[n % 2]
             pid = victim.pid
             victim.send(signal.SIGSTOP)

@@ -36,7 +36,7 @@ PILLS: dict[str, bytes | None] = {
 
 def test_poison_pills_on_every_input_topic_are_dead_lettered_and_workers_keep_routing(tmp_path: Path) -> None:
     with scenario("poison", tmp_path, workers=2) as sc:
-        load = Load(sc.settings, rate=scale(40, 80), duration_s=scale(16, 90), seed=29)
+        load = Load(sc.settings, rate=scale(40, 80), duration_s=scale(12, 90), seed=29)
         time.sleep(5)
         delivered: list[tuple[str, str, int, int, bytes | None]] = []
         producer = Producer({"bootstrap.servers": sc.settings.kafka_bootstrap, "enable.idempotence": True,

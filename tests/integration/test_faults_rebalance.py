@@ -18,7 +18,7 @@ def test_scale_1_to_3_to_1_workers_under_load(tmp_path: Path) -> None:
     """Scenario 2: one worker, then three (two joins: partitions and their tables move), then one
     again (two leave gracefully); in the long form the cycle repeats for two minutes."""
     with scenario("rebalance", tmp_path, workers=1) as sc:
-        load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(24, 120), seed=11)
+        load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(20, 120), seed=11)
         cycles = 4 if SLOW else 1
         for n in range(cycles):
             time.sleep(6)
