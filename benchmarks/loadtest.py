@@ -224,6 +224,8 @@ class Step:
     drained_after_s: float
     sustained: bool
     done_per_s: float
+    load1: float = 0.0  #: the machine's 1-minute load average at the end of the step (noise indicator)
+    worker_restarts: int = 0  #: workers that exited during the step and were restarted (a supervisor's job)
 
 
 def routable_orders(wl: Workload) -> set[str]:
@@ -270,7 +272,8 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
     return Step(label, workers, rate, seconds, wl.new_orders, len(wl.events), len(routed), backordered, len(want),
                 hist.get_value_at_percentile(50), hist.get_value_at_percentile(99),
                 hist.get_value_at_percentile(99.9), hist.get_max_value(), round(behind * 1000, 1),
-                round(drained_after, 2), sustained, round(len(done) / max(0.001, last_done - min(first, t0)), 1))
+                round(drained_after, 2), sustained, round(len(done) / max(0.001, last_done - min(first, t0)), 1),
+                round(os.getloadavg()[0], 2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,10 +282,23 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
 
 class Workers:
     def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str]) -> None:
-        self.procs = [subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0"], env=env,
-                                       stdout=open(logdir / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
-                                       cwd=ROOT, start_new_session=True)
-                      for i in range(n)]
+        self.logdir, self.env, self.starts = logdir, env, 0
+        self.procs = [self._start(i) for i in range(n)]
+
+    def _start(self, i: int) -> subprocess.Popen:
+        self.starts += 1
+        return subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0"], env=self.env,
+                                stdout=open(self.logdir / f"worker{i}-{self.starts}.log", "wb"),
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    def restart_dead(self) -> list[int]:
+        """Restart every worker that exited (as compose/systemd would); return their exit codes."""
+        codes = []
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None:
+                codes.append(p.returncode)
+                self.procs[i] = self._start(i)
+        return codes
 
     def rss_mb(self) -> list[float]:
         out = []
@@ -467,11 +483,18 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
                 steps.append(step)
                 line = (f"  {step.label:8s} workers={workers} offered={rate:7.0f}/s routed={step.routed}+backordered={step.backordered}/{step.routable} "
                         f"p50={step.p50_ms}ms p99={step.p99_ms}ms p99.9={step.p999_ms}ms max={step.max_ms}ms "
-                        f"drained+{step.drained_after_s}s {'OK' if step.sustained else 'SATURATED'}")
+                        f"drained+{step.drained_after_s}s {'OK' if step.sustained else 'SATURATED'} load={step.load1}")
                 print(line, flush=True)
                 log.append(line)
-                if not procs.alive():
-                    raise RuntimeError("a worker died; see " + str(logdir))
+                codes = procs.restart_dead()
+                if codes:
+                    step.worker_restarts = len(codes)
+                    extra.setdefault("worker_exits", []).append({"rate": rate, "codes": codes})
+                    keep = Path(args.out) / f"worker-logs-{'hot' if hot else 'n'}{workers}"
+                    keep.mkdir(parents=True, exist_ok=True)
+                    for f in logdir.glob("*.log"):
+                        (keep / f.name).write_bytes(f.read_bytes()[-200_000:])
+                    print(f"  worker(s) exited with {codes}: restarted; logs kept in {keep}", flush=True)
                 failures = 0 if step.sustained else failures + 1
                 if failures >= 2:
                     break
@@ -556,14 +579,14 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
     for extra in (e for _, e in runs.values()):
         ceil = extra.get("ceiling_msgs_s") or ceil
     lines += ["| run | workers | offered orders/s | payloads | routed+backordered / routable | p50 ms | p99 ms | p99.9 ms | max ms "
-              "| producer behind ms | drained after s | sustained |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| producer behind ms | drained after s | sustained | load1 | worker restarts |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     best: dict[str, float] = {}
     for name, (steps, _) in runs.items():
         for s in steps:
             lines.append(f"| {s.label} | {s.workers} | {s.offered_orders_s:g} | {s.payloads} | {s.routed}/{s.routable} "
                          f"+{s.backordered} | {s.p50_ms} | {s.p99_ms} | {s.p999_ms} | {s.max_ms} | {s.producer_behind_ms} "
-                         f"| {s.drained_after_s} | {'yes' if s.sustained else '**no**'} |")
+                         f"| {s.drained_after_s} | {'yes' if s.sustained else '**no**'} | {s.load1} | {s.worker_restarts} |")
             if s.sustained:
                 pay_rate = s.payloads / s.seconds
                 if pay_rate > best.get(name + ":payloads", 0):
@@ -600,7 +623,7 @@ def main() -> None:
     ap.add_argument("--rates", default="50,100,200,300,400,600,800",
                     help="offered new orders/s per step, ascending (default %(default)s)")
     ap.add_argument("--step-s", type=float, default=20.0, help="seconds per step (default %(default)s)")
-    ap.add_argument("--grace", type=float, default=5.0,
+    ap.add_argument("--grace", type=float, default=2.0,
                     help="a step is sustained if everything is routed this long after its end (default %(default)s)")
     ap.add_argument("--workers", default="1,2,3", help="worker counts for the scale-out (default %(default)s)")
     ap.add_argument("--no-hot", action="store_true", help="skip the hot-SKU run")
@@ -624,21 +647,27 @@ def main() -> None:
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="peakroute-bench-") as tmpdir:
         tmp = Path(tmpdir)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = "smoke" if args.smoke else time.strftime("%Y%m%d-%H%M%S")
+
+        def save() -> str:  # after every run, so a later failure keeps what was measured
+            text = report(args, meta, runs)
+            (out / f"loadtest-{stem}.md").write_text(text)
+            (out / f"loadtest-{stem}.json").write_text(json.dumps(
+                {"meta": meta, "runs": {k: {"steps": [asdict(s) for s in v[0]], "extra": v[1]} for k, v in runs.items()}},
+                indent=1, ensure_ascii=False, default=str))
+            return text
+
         for n in args.workers:
             print(f"normal mix, {n} worker(s):", flush=True)
             runs[f"normal x{n}"] = sweep(args, catalog, n, tmp, hot=False, log=log)
+            save()
         if not args.no_hot:
             print("hot SKU (30% of orders), 1 worker:", flush=True)
             runs["hot-sku x1"] = sweep(args, catalog, 1, tmp, hot=True, log=log)
-    text = report(args, meta, runs)
+    text = save()
     print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "smoke" if args.smoke else time.strftime("%Y%m%d-%H%M%S")
-    (out / f"loadtest-{stem}.md").write_text(text)
-    (out / f"loadtest-{stem}.json").write_text(json.dumps(
-        {"meta": meta, "runs": {k: {"steps": [asdict(s) for s in v[0]], "extra": v[1]} for k, v in runs.items()}},
-        indent=1, ensure_ascii=False, default=str))
     hot = runs.get("hot-sku x1")
     if hot and hot[1].get("audit_rc") not in (0, None):
         print("AUDIT FAILED on the hot-SKU run", file=sys.stderr)
