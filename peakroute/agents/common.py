@@ -224,7 +224,8 @@ def install_guards(app: faust.App, settings: Any) -> None:
     worker process."""
     from ..streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
-    install_gap_guard({*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES})
+    inputs = {*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES}
+    install_gap_guard(inputs)
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
@@ -242,8 +243,10 @@ def install_guards(app: faust.App, settings: Any) -> None:
             return
         try:
             consumer = app.consumer
+            # Input topics only: the assignment also holds changelog partitions (table recovery
+            # and standbys), which the group never commits.
             progress = {tp: (consumer._read_offset.get(tp), consumer._committed_offset.get(tp))  # noqa: SLF001
-                        for tp in consumer.assignment()}
+                        for tp in consumer.assignment() if tp.topic in inputs}
         except Exception:  # noqa: BLE001 - not started yet
             return
         stuck = stall.observe(progress)
@@ -316,19 +319,6 @@ def skipped_offsets(read: int | None, arriving: int, committed: int | None) -> t
     return (first, last) if first <= last else None
 
 
-def _group_committed(brokers: Any, group: str, topic: str, partition: int) -> int | None:
-    """The consumer group's committed offset of one partition, read from the broker."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    servers = ",".join(str(u).split("://", 1)[-1].rstrip("/") for u in brokers)
-    c = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
-    try:
-        [tp] = c.committed([TopicPartition(topic, partition)], timeout=5)
-        return tp.offset if tp.offset >= 0 else None
-    finally:
-        c.close()
-
-
 def install_gap_guard(input_topics: set[str]) -> None:
     """Make a hole in an input partition's offsets fatal (exit 70, re-read from the last commit)
     instead of letting faust-streaming count the skipped messages as processed.
@@ -346,23 +336,18 @@ def install_gap_guard(input_topics: set[str]) -> None:
 
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic in input_topics:
-            hole = skipped_offsets(offset_from - 1, offset_to, self._committed_offset.get(tp))  # noqa: SLF001
-            if hole is not None:
-                # This process may not have committed the partition yet (just assigned): ask the
-                # group's committed offset — a hole below it was processed by the previous owner.
-                import asyncio
-
-                group = self.app.conf.id
-                try:
-                    committed = await asyncio.get_running_loop().run_in_executor(
-                        None, _group_committed, self.app.conf.broker, group, tp.topic, tp.partition)
-                except Exception as exc:  # noqa: BLE001 - cannot tell: be safe, re-read
-                    log.warning("gap guard: committed offset unknown (%r)", exc)
-                    committed = None
-                hole = skipped_offsets(offset_from - 1, offset_to, committed)
-            if hole is not None:
+            committed = self._committed_offset.get(tp)  # noqa: SLF001
+            hole = skipped_offsets(offset_from - 1, offset_to, committed)
+            if hole is not None and committed is not None:
                 die("gap-guard", RuntimeError(f"{tp.topic}[{tp.partition}]: the consumer skipped offsets "
                                               f"{hole[0]}..{hole[1]}; exiting so they are read again"))
+            elif hole is not None:
+                # Not committed by this process yet (just assigned): the hole may be the previous
+                # owner's committed work, or a skip — asking the broker here, inside faust's
+                # consumer loop, made things worse (a kill -9 run hung), so only say it.
+                log.warning("%s[%s]: faust skipped offsets %d..%d of a partition this worker has not "
+                            "committed yet (lost unless the previous owner committed them)",
+                            tp.topic, tp.partition, hole[0], hole[1])
         await original(self, tp, offset_from, offset_to)
 
     _add_gap._peakroute_guard = True  # type: ignore[attr-defined]
