@@ -9,8 +9,9 @@ import time
 import traceback
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import faust
 

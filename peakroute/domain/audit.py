@@ -13,8 +13,8 @@ Checks, from the public topics only:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .canonical import Rejection
 from .reconcile import check_oversell
