@@ -8,7 +8,6 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
 import pytest
