@@ -22,7 +22,7 @@ from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import RAW_PREFIX
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, dead_letter_exception, die, send_dead_letter
+from .common import GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, dead_letter_exception, die, send_dead_letter
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -108,6 +108,7 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
                     except Exception as exc2:  # noqa: BLE001
                         die("normalize", exc2)
             try:
+                GUARDS.freeze.check("normalize effects")  # a woken zombie exits before its orders count
                 await outbox.flushed()  # canonical orders durable before the dedup table remembers them
             except Exception as exc:  # noqa: BLE001
                 die("normalize", exc)

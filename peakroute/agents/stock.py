@@ -22,7 +22,7 @@ from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
-from .common import BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
+from .common import GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
 
 log = logging.getLogger("peakroute.stock")
 
@@ -78,6 +78,9 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="stock")
             try:
+                # A worker woken from a freeze longer than the session may no longer own these SKUs:
+                # it must exit before it answers for them.
+                GUARDS.freeze.check("stock replies")
                 for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
                     outbox.send(STOCK_REPLIES, None, dumps({"replies": batch}), partition=partition)
                 await outbox.flushed()  # replies durable before the holds are remembered
