@@ -40,12 +40,23 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()]
 
 
+def faust_datadir(settings: Settings) -> str:
+    """faust's data directory (its own bookkeeping; tables are in memory): under the state dir,
+    not ``<app_id>-data`` in whatever directory the worker was started from."""
+    from pathlib import Path
+
+    path = Path(settings.state_dir).expanduser() / "faust" / f"{settings.app_id}-data"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
 def build_app(settings: Settings) -> faust.App:
     """A faust app with every topic, table and agent of the pipeline."""
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
         store="memory://",
+        datadir=faust_datadir(settings),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         processing_guarantee="at_least_once",

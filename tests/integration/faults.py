@@ -290,11 +290,13 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: st
         finally:
             monitor.close()
             pool.close()
-            _remove_datadir(settings.app_id)
+            _remove_datadir(settings)
 
 
-def _remove_datadir(app_id: str) -> None:
-    shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
+def _remove_datadir(settings: Settings) -> None:
+    from peakroute.streams.app import faust_datadir
+
+    shutil.rmtree(faust_datadir(settings), ignore_errors=True)
 
 
 def wait_drained(settings: Settings, timeout: float) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .faults import ROOT, SLOW, Load, finish, scale, scenario
+from .faults import SLOW, Load, finish, scale, scenario
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,11 @@ def test_scale_1_to_3_to_1_workers_under_load(tmp_path: Path) -> None:
 def wipe_and_restart(sc, w) -> None:  # noqa: ANN001
     import shutil
 
-    datadir = ROOT / f"{sc.settings.app_id}-data"
+    from pathlib import Path
+
+    from peakroute.streams.app import faust_datadir
+
+    datadir = Path(faust_datadir(sc.settings))
     w.stop(signal.SIGKILL)
     files = [p for p in datadir.rglob("*") if p.is_file()] if datadir.exists() else []
     assert not files, f"a memory:// store left files on disk: {files[:5]}"
