@@ -274,7 +274,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from .connectors.topicreader import read_all
-    from .domain.audit import audit
+    from .domain.audit import audit, stuck_orders
     from .domain.catalog import load_catalog
     from .domain.channels import normalize
     from .domain.network import load_network
@@ -297,11 +297,15 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
 
     raw = [(t, p, o, v) for t, p, o, _k, v in read_all(b, list(RAW_TOPICS))]
     whs = [fulfillment_topic(w.code) for w in load_network(settings.network_file or None).warehouses]
+    orders, events = values([ORDERS]), values([ORDER_EVENTS])
     report = audit(
-        raw=raw, order_ids=(d["order_id"] for d in values([ORDERS]) if "order_id" in d),
-        dead_letters=values([DLQ]), events=values([ORDER_EVENTS]), requests=values(whs),
+        raw=raw, order_ids=(d["order_id"] for d in orders if "order_id" in d),
+        dead_letters=values([DLQ]), events=events, requests=values(whs),
         inventory=values([INVENTORY]),
         normalize_id=lambda topic, value: normalize(topic[len(RAW_PREFIX):], value or b"", catalog).order_id)
+    # Run after the workers caught up: a paid order without an outcome then is one the router lost.
+    report.problems += [f"stuck: {oid} is paid but has no routing outcome (not held, not cancelled)"
+                        for oid in stuck_orders(orders, events)]
     print(report.render())
     return 0 if report.ok else 1
 
