@@ -271,9 +271,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    import orjson
 
-    from .connectors.topicreader import read_all
+    from .connectors.topicreader import read_all, read_json_objects
     from .domain.audit import audit, stuck_orders
     from .domain.catalog import load_catalog
     from .domain.channels import normalize
@@ -285,15 +284,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     print("reading topics from the beginning…", file=sys.stderr)
 
     def values(topics: list[str]) -> list[dict]:
-        out = []
-        for *_, value in read_all(b, topics):
-            try:
-                doc = orjson.loads(value) if value else None
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(doc, dict):
-                out.append(doc)
-        return out
+        return read_json_objects(b, topics)
 
     raw = [(t, p, o, v) for t, p, o, _k, v in read_all(b, list(RAW_TOPICS))]
     whs = [fulfillment_topic(w.code) for w in load_network(settings.network_file or None).warehouses]

@@ -49,3 +49,18 @@ def read_all(bootstrap: str, topics: list[str], timeout: float = 120.0) -> Itera
             raise TimeoutError(f"could not read to the end of {sorted(remaining)} in {timeout:.0f} s")
     finally:
         c.close()
+
+
+def read_json_objects(bootstrap: str, topics: list[str]) -> list[dict]:
+    """Every record now in ``topics`` whose value is a JSON object, decoded (others skipped)."""
+    import orjson
+
+    out = []
+    for *_, value in read_all(bootstrap, topics):
+        try:
+            doc = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out

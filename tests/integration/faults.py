@@ -324,16 +324,10 @@ def run_audit(settings: Settings) -> tuple[int, str]:
 
 
 def find_stuck(settings: Settings) -> list[str]:
+    from peakroute.connectors.topicreader import read_json_objects
+
     def docs(topic: str) -> list[dict]:
-        out = []
-        for *_, value in read_all(settings.kafka_bootstrap, [topic]):
-            try:
-                doc = orjson.loads(value) if value else None
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(doc, dict):
-                out.append(doc)
-        return out
+        return read_json_objects(settings.kafka_bootstrap, [topic])
 
     return stuck_orders(docs(ORDERS), docs(ORDER_EVENTS))
 
