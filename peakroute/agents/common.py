@@ -221,12 +221,14 @@ def freeze_limit(session_timeout_s: float) -> float:
 
 
 def install_guards(app: faust.App, settings: Any) -> None:
-    """The poison-pill retry counter, the freeze watch, the commit watch and the gap guard of one
-    worker process."""
+    """The poison-pill retry counter, the freeze watch, the commit watch and the consumer's offset
+    fix (``streams/consumer_fix.py``) of one worker process."""
     from ..streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
     inputs = {*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES}
-    install_gap_guard(inputs)
+    from ..streams import consumer_fix
+
+    consumer_fix.install(inputs)
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
@@ -302,57 +304,6 @@ class CommitStall:
             if tp not in progress:
                 del self._first_read[tp]
         return stuck
-
-
-def skipped_offsets(read: int | None, arriving: int, committed: int | None) -> tuple[int, int] | None:
-    """The offsets faust is about to skip (first, last) when ``arriving`` follows ``read``, or None.
-
-    Our input topics are written only by non-transactional producers and are never compacted, so
-    their offsets have no holes: a message arriving more than one past the last one read means
-    the consumer skipped messages (faust then counts the hole as processed and commits past it —
-    the orders in it are lost).  Offsets below ``committed`` (next to read) are done already.
-    """
-    if not read:
-        return None
-    first, last = read + 1, arriving - 1
-    if committed is not None:
-        first = max(first, committed)
-    return (first, last) if first <= last else None
-
-
-def install_gap_guard(input_topics: set[str]) -> None:
-    """Make a hole in an input partition's offsets fatal (exit 70, re-read from the last commit)
-    instead of letting faust-streaming count the skipped messages as processed.
-
-    Seen under rebalances (scale up/down, a worker joining late): faust delivered a partition's
-    messages with a jump after its read offset, marked the jump as an acked "gap", committed past
-    it, and the orders in between never reached the next stage (lost).  The worker cannot ask
-    faust to seek back safely, so it stops before anything past the hole is committed.
-    """
-    from faust.transport.consumer import Consumer
-
-    if getattr(Consumer._add_gap, "_peakroute_guard", False):  # noqa: SLF001
-        return
-    original = Consumer._add_gap  # noqa: SLF001
-
-    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        if tp.topic in input_topics:
-            committed = self._committed_offset.get(tp)  # noqa: SLF001
-            hole = skipped_offsets(offset_from - 1, offset_to, committed)
-            if hole is not None and committed is not None:
-                die("gap-guard", RuntimeError(f"{tp.topic}[{tp.partition}]: the consumer skipped offsets "
-                                              f"{hole[0]}..{hole[1]}; exiting so they are read again"))
-            elif hole is not None:
-                # Not committed by this process yet (just assigned): the hole may be the previous
-                # owner's committed work, or a skip — asking the broker here, inside faust's
-                # consumer loop, made things worse (a kill -9 run hung), so only say it.
-                log.warning("%s[%s]: faust skipped offsets %d..%d of a partition this worker has not "
-                            "committed yet (lost unless the previous owner committed them)",
-                            tp.topic, tp.partition, hole[0], hole[1])
-        await original(self, tp, offset_from, offset_to)
-
-    _add_gap._peakroute_guard = True  # type: ignore[attr-defined]
-    Consumer._add_gap = _add_gap  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def die(stage: str, exc: BaseException) -> None:

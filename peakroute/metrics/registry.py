@@ -92,3 +92,11 @@ RESERVED_REDERIVED = Counter(
     "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")
 RESERVATION_RETRIES = Counter(
     "peakroute_reservation_retries_total", "Reservations asked again after waiting too long for an answer")
+OFFSET_REWINDS = Counter(
+    "peakroute_offset_rewinds_total",
+    "Input partitions rewound after the consumer skipped offsets (faust-streaming bug, fixed by rewinding)",
+    ["topic"])
+OFFSET_HOLES = Counter(
+    "peakroute_offset_holes_total",
+    "Offsets missing from an input topic even after rewinding (retention or trimming removed unread records)",
+    ["topic"])

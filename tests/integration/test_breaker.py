@@ -83,7 +83,8 @@ def send_douyin(settings: Settings, n: int) -> list[str]:
     return [f"douyin:{o.channel_order_id}" for o in sims]
 
 
-def wait_for(pred, timeout: float, what: str, step: float = 0.5):
+def wait_for(pred, timeout: float, what: str, step: float = 0.5, show=None):
+    """Poll ``pred`` until it is truthy; on timeout, fail with ``show()`` (what the system looked like)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -91,7 +92,7 @@ def wait_for(pred, timeout: float, what: str, step: float = 0.5):
         if last:
             return last
         time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+    raise AssertionError(f"timed out waiting for {what}: {last!r}" + (f"\n{show()}" if show else ""))
 
 
 def events_of(settings: Settings, ids: set[str]) -> dict[str, list[str]]:
@@ -142,8 +143,14 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
     assert call(base, "POST", f"/review/{approve}/approve")[0] == 404  # once only
     assert call(base, "POST", f"/review/{reject}/reject")[0] == 200
     # The surge is over: the breaker drains what it holds, then closes.
+    def looks() -> str:
+        logs = "\n".join(f"--- {n} ---\n" + "\n".join(line for line in p.output().splitlines()[-400:]
+                                                     if "peakroute" in line and "INFO" not in line)[-3000:]
+                         for n, p in procs.items())
+        return f"breakers: {call(base, 'GET', '/breakers')[1]}\n{logs}"
+
     wait_for(lambda: breaker(base, key)["state"] == "closed" and breaker(base, key)["held"] == 0, 120,
-             "breaker to drain and close", step=1)
+             "breaker to drain and close", step=1, show=looks)
 
     want = set(ids)
     evs = wait_for(lambda: (lambda e: e if all(any(is_terminal(x) for x in e.get(o, [])) for o in want) else None)(

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.integration
 SESSION_TIMEOUT_S = 12
 
 
-@pytest.mark.slow  # failed in clean-clone CI: 1 paid order left without an outcome (README, Known gaps)
 def test_sigstopped_worker_past_the_session_timeout_does_not_double_reserve(tmp_path: Path) -> None:
     """Scenario 3: SIGSTOP one worker for longer than the session timeout, so the group gives its
     partitions to the other; then SIGCONT.  The woken worker must not act on partitions it lost
@@ -46,10 +45,9 @@ def test_sigstopped_worker_past_the_session_timeout_does_not_double_reserve(tmp_
             exited = not pid_alive(pid)
             sc.note(f"after SIGCONT the old process {'exited (fenced)' if exited else 'is still running'}")
         report = finish(sc, load)
-        # Fenced: the woken worker exited (70) — by the freeze watch, or by the gap guard when its
-        # consumer noticed the partitions had moved on — and was restarted by the supervisor.
+        # Fenced: the woken worker exited (70) by the freeze watch and was restarted by the supervisor.
         logs = "".join(w.logs() for w in sc.pool.workers)
-        assert "event loop frozen" in logs or "gap-guard" in logs, "the woken worker was not fenced"
+        assert "event loop frozen" in logs, "the woken worker was not fenced"
         assert any(code == 70 for _, code in report.restarts)
 
 

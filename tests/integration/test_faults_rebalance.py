@@ -14,7 +14,6 @@ from .faults import SLOW, Load, finish, scale, scenario
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.slow  # known to fail intermittently: see the README's Known gaps (faust-streaming skips)
 def test_scale_1_to_3_to_1_workers_under_load(tmp_path: Path) -> None:
     """Scenario 2: one worker, then three (two joins: partitions and their tables move), then one
     again (two leave gracefully); in the long form the cycle repeats for two minutes."""

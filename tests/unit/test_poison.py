@@ -177,13 +177,3 @@ def test_commit_stall_fires_only_when_the_commit_stays_put_while_messages_wait()
     # ... but reading on without ever committing is a stall.
     assert idle.observe({"inv": (45, None)}, now=501) == []
     assert idle.observe({"inv": (45, None)}, now=600) == ["inv"]
-
-
-def test_skipped_offsets() -> None:
-    from peakroute.agents.common import skipped_offsets
-
-    assert skipped_offsets(10, 11, None) is None  # contiguous
-    assert skipped_offsets(10, 14, None) == (11, 13)
-    assert skipped_offsets(10, 14, 13) == (13, 13)  # 11, 12 already committed
-    assert skipped_offsets(10, 14, 14) is None  # the whole hole is below the commit
-    assert skipped_offsets(None, 14, None) is None and skipped_offsets(0, 14, None) is None

@@ -1,0 +1,291 @@
+"""Two offset bugs of faust-streaming 0.15.3's consumer, fixed where they happen.
+
+Why this exists: our fault suite lost orders around rebalances (scale 1→3→1, a zombie worker
+woken after its partitions moved, a worker joining late).  faust-streaming's consumer loop
+(``Consumer._drain_messages``) trusts every record it is handed:
+
+1. **Jumps.**  When a record's offset is more than one past the last one read, faust notes the
+   jump as an acked "gap" and commits past it.  Jumps happen without any hole in the topic:
+   records prefetched before a rebalance and handed out after it (faust-streaming #221), records
+   of a partition paused between fetch and delivery (``Consumer.getmany`` drops them while the
+   fetch position has already moved on), a read offset written back after a rebalance reset it.
+   The records in between are never processed and never read again: lost.
+2. **Off by one at the head.**  ``Consumer._new_offset`` commits past the committed offset C when
+   C itself was never acked but C+1… were (it tests ``min(acked) - C > 1``, faust-streaming #606).
+   One record dropped at the head of a partition is silently committed past.
+
+The fix, for our own input topics only (never compacted, never written transactionally, so a
+real hole cannot happen there in normal operation): a jump **rewinds** the partition to the first
+missing offset and drops the records fetched past it; the records are then fetched again, in order.
+A hole still there after a few rewinds is real (retention deleted unread data, an operator trimmed
+the topic): it is accepted as faust would, but logged as an error and counted
+(``peakroute_offset_holes_total``).  Every rewind is counted (``peakroute_offset_rewinds_total``).
+Changelog topics (compacted) keep faust's behaviour.
+
+The drain loop below is faust-streaming 0.15.3's own, with the input-topic branch added; it is
+installed only on that version (``requirements.lock`` pins it; a test checks the pin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+log = logging.getLogger("peakroute.consumer")
+
+#: The faust-streaming version whose consumer loop is reproduced below.
+FAUST_VERSION = "0.15.3"
+
+DELIVER, DUPLICATE, REWIND, SKIP, HOLE = "deliver", "duplicate", "rewind", "skip", "hole"
+#: Rewinds to the same offset before a hole is believed to be real.
+MAX_REWINDS = 3
+
+
+@dataclass
+class OffsetTracker:
+    """Per input partition: the next offset expected, and the rewind in progress (pure logic).
+
+    ``batch`` numbers the fetches: records after a rewind but in the same fetch were fetched
+    before the rewind and are skipped; a later fetch that still starts past the target means the
+    offsets are really missing.
+    """
+
+    expected: dict[Any, int | None] = field(default_factory=dict)
+    rewinding: dict[Any, tuple[int, int, int]] = field(default_factory=dict)  # tp -> (target, batch, tries)
+
+    def reset(self, tp: Any, next_offset: int | None) -> None:
+        """The partition's position was set from outside (seek to committed, revocation)."""
+        self.expected[tp] = next_offset
+        self.rewinding.pop(tp, None)
+
+    def decide(self, tp: Any, offset: int, batch: int) -> tuple[str, int | None]:
+        """What to do with the record at ``offset``: (verdict, first missing offset or None)."""
+        want = self.expected.get(tp)
+        if want is None or offset == want:
+            self.expected[tp] = offset + 1
+            self.rewinding.pop(tp, None)
+            return DELIVER, None
+        if offset < want:
+            return DUPLICATE, None  # read already since the last seek
+        target, at_batch, tries = self.rewinding.get(tp, (want, -1, 0))
+        if target == want and at_batch == batch:
+            return SKIP, None  # fetched before this batch's rewind took effect
+        if target == want and tries >= MAX_REWINDS:
+            self.expected[tp] = offset + 1
+            self.rewinding.pop(tp, None)
+            return HOLE, want
+        self.rewinding[tp] = (want, batch, (tries if target == want else 0) + 1)
+        return REWIND, want
+
+    def forget(self, tp: Any) -> None:
+        self.expected.pop(tp, None)
+        self.rewinding.pop(tp, None)
+
+
+class ReadOffsets(defaultdict):
+    """faust's ``Consumer._read_offset`` map, noting every write made outside the drain loop.
+
+    faust writes it on every seek (``perform_seek``, ``seek``, the aiokafka thread's
+    ``_seek_wait``: the *next* offset to read) and on revocation (removed); the drain loop writes
+    the last offset read through :meth:`set_read`, which is not noted.  ``resets`` is what the
+    loop has not looked at yet: tp -> next offset to read (None: unknown).
+    """
+
+    def __init__(self, initial: Any = ()) -> None:
+        super().__init__(lambda: None, initial)
+        self.resets: dict[Any, int | None] = dict(self)  # positions set before the loop started
+
+    def __setitem__(self, tp: Any, value: Any) -> None:
+        super().__setitem__(tp, value)
+        self.resets[tp] = value
+
+    def __delitem__(self, tp: Any) -> None:
+        super().__delitem__(tp)
+        self.resets[tp] = None
+
+    def pop(self, tp: Any, *default: Any) -> Any:
+        self.resets[tp] = None
+        return super().pop(tp, *default)
+
+    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
+        for tp, value in dict(other, **kw).items():
+            self[tp] = value
+
+    def clear(self) -> None:
+        for tp in list(self):
+            self.resets[tp] = None
+        super().clear()
+
+    def set_read(self, tp: Any, offset: int) -> None:
+        dict.__setitem__(self, tp, offset)
+
+
+def installed_faust_version() -> str:
+    from importlib.metadata import version
+
+    return version("faust-streaming")
+
+
+def install(input_topics: set[str]) -> bool:
+    """Patch faust's consumer (idempotent).  False if the installed faust is not the one the
+    reproduced loop comes from (then nothing is patched and an error is logged)."""
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer._drain_messages, "_peakroute_fix", False):  # noqa: SLF001
+        return True
+    found = installed_faust_version()
+    if found != FAUST_VERSION:
+        log.error("faust-streaming %s installed, the consumer fix is for %s: NOT installed — offsets may "
+                  "be skipped around rebalances (install with requirements.lock)", found, FAUST_VERSION)
+        return False
+    Consumer._drain_messages = _drain_messages_factory(frozenset(input_topics))  # type: ignore[method-assign]  # noqa: SLF001
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]  # noqa: SLF001
+    return True
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """faust-streaming 0.15.3's ``Consumer._new_offset`` with the head test fixed: nothing is
+    committed until the committed offset itself (the next one to read) has been acked."""
+    from faust.transport.consumer import consecutive_numbers
+
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    max_offset = max(acked)
+    gap_for_tp = self._gap[tp]
+    if gap_for_tp:
+        candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
+        if candidates:
+            stuff_to_add: list[int] = []
+            for entry in candidates:
+                stuff_to_add.extend(range(entry.begin, entry.end))
+            new_max_offset = max(stuff_to_add[-1], max_offset + 1)
+            acked.extend(stuff_to_add)
+            gap_for_tp.chop(0, new_max_offset)
+    acked.sort()
+    committed_offset = self._committed_offset[tp]
+    if committed_offset is not None and acked[0] > committed_offset:
+        return None  # the record at the committed offset is not done yet (faust tested "> 1")
+    batch = next(consecutive_numbers(acked))
+    acked[: len(batch)] = []
+    self._acked_index[tp].difference_update(batch)
+    return batch[-1] + 1
+
+
+def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
+    from ..metrics import registry as m
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        # faust-streaming 0.15.3 Consumer._drain_messages, plus the input-topic branch.
+        from faust.transport.consumer import CONSUMER_FETCHING
+        from mode import Service
+
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+
+        if not isinstance(self._read_offset, ReadOffsets):
+            self._read_offset = ReadOffsets(self._read_offset)
+        read_offsets: ReadOffsets = self._read_offset
+        tracker = OffsetTracker()
+        batch = 0
+
+        flag_consumer_fetching = CONSUMER_FETCHING
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+
+        async def rewind(tp: Any, offset: int) -> bool:
+            thread = self._thread
+            try:
+                await thread.call_thread(lambda: thread._ensure_consumer().seek(tp, offset))
+                return True
+            except Exception as exc:  # noqa: BLE001 - e.g. no longer assigned: a rebalance resets it
+                log.warning("%s[%s]: could not rewind to %d: %r", tp.topic, tp.partition, offset, exc)
+                return False
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag_consumer_fetching)
+                ait = cast(Any, getmany(timeout=1.0))
+                batch += 1
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+
+                        offset = message.offset
+                        if tp.topic in input_topics:
+                            if tp in read_offsets.resets:
+                                tracker.reset(tp, read_offsets.resets.pop(tp))
+                            verdict, missing = tracker.decide(tp, offset, batch)
+                            if verdict in (DUPLICATE, SKIP):
+                                continue
+                            if verdict == REWIND:
+                                m.OFFSET_REWINDS.labels(tp.topic).inc()
+                                log.warning("%s[%s]: fetched offset %d where %d was next: rewinding to %d "
+                                            "(records in between were skipped by the consumer)",
+                                            tp.topic, tp.partition, offset, missing, missing)
+                                if not await rewind(tp, cast(int, missing)):
+                                    tracker.forget(tp)
+                                continue
+                            if verdict == HOLE:
+                                m.OFFSET_HOLES.labels(tp.topic).inc()
+                                log.error("%s[%s]: offsets %d..%d are missing from the topic after %d rewinds; "
+                                          "continuing past them", tp.topic, tp.partition, missing, offset - 1,
+                                          MAX_REWINDS)
+                                gap = self._gap[tp]
+                                gap.addi(cast(int, missing), offset)
+                                gap.merge_overlaps()
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            if tp not in read_offsets.resets:  # not reset while the callback ran
+                                read_offsets.set_read(tp, offset)
+                            continue
+
+                        r_offset = read_offsets.get(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset:
+                                if acks_enabled_for(message.topic):
+                                    await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None:
+                                if self._n_acked >= commit_every:
+                                    self._n_acked = 0
+                                    await self.commit()
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            read_offsets.set_read(tp, offset)
+                    unset_flag(flag_consumer_fetching)
+
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag_consumer_fetching)
+
+    _drain_messages._peakroute_fix = True  # type: ignore[attr-defined]
+    return _drain_messages
