@@ -28,6 +28,7 @@ STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: BreakerStore,
              cfg: BreakerConfig, watch: Watchlist) -> None:
     trips_seen: dict[str, int] = {}
+    states_seen: dict[str, str] = {}  # last state this leader saw, to log transitions
 
     @app.timer(interval=cfg.tick_s, on_leader=True)
     async def evaluate_breakers() -> None:
@@ -48,6 +49,10 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
                     return b
 
                 b = await store.update(key, change)
+                if states_seen.get(key, b.state) != b.state:
+                    log.warning("breaker %s: %s -> %s (rate %.1f/s, baseline %.1f/s, %d held)", key,
+                                states_seen[key], b.state, b.rate, b.baseline, held.get(key, 0) - n_release)
+                states_seen[key] = b.state
                 for partition, oid in await store.take(key, n_release):
                     releases.append((partition, {"outcome": "release", "order_id": oid, "by": "breaker_drain"}))
                 if n_release:

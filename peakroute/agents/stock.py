@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict, deque
 from typing import Any
 
 import faust
 import orjson
 
-from ..domain.ledger import Ledger, apply_ops, reserved_drift
+from ..domain.ledger import Ledger, apply_ops, hold_key, is_shipped, reserved_drift
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
-from .common import GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die
+from .common import (GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die,
+                     sku_partition)
 
 log = logging.getLogger("peakroute.stock")
+
+#: A shipped hold's tombstone is needed only while its batch could be read again (until the batch's
+#: offsets are committed: seconds); it is deleted after this long, under its partition's next batch.
+TOMBSTONE_TTL_S = 600.0
 
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
@@ -35,10 +41,22 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
     #: touched; None = re-check everything at the next batch (after a restart or a rebalance, once
     #: the tables are recovered).  See domain.ledger.reserved_drift.
     drift: dict[str, list[tuple[str, int]]] | None = None
+    #: partition -> (when noted, hold key) of shipped-hold tombstones, oldest first (see TOMBSTONE_TTL_S)
+    tombstones: dict[int, deque[tuple[float, str]]] = defaultdict(deque)
 
     async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
         nonlocal drift
         drift = None
+        tombstones.clear()
+
+    def purge_tombstones(partition: int, now: float) -> None:
+        """Delete this partition's expired tombstones, under the current event (its partition)."""
+        queue = tombstones.get(partition)
+        while queue and now - queue[0][0] > TOMBSTONE_TTL_S:
+            _, key = queue.popleft()
+            hold = holds_batch.get(key)
+            if hold is not None and is_shipped(hold):
+                del holds_batch[key]
 
     app.on_partitions_assigned.connect(on_assigned, weak=False)
 
@@ -57,10 +75,14 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
         nonlocal drift
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             started = time.perf_counter()
+            now = time.time()
             if drift is None:
                 drift = {}
                 for key, reserved in reserved_drift(levels, holds).items():
                     drift.setdefault(key.rsplit("|", 1)[0], []).append((key, reserved))
+                for key, hold in holds.items():
+                    if is_shipped(hold):
+                        tombstones[sku_partition(hold["s"], app.conf.topic_partitions)].append((now, key))
             out: list[dict] = []
             touched: set[tuple[str, str]] = set()
             for event in events:
@@ -72,7 +94,10 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                     for op in ops:
                         if op.get("short_pick"):
                             m.SHORT_PICKS.inc(-int(op.get("delta", 0)))
+                    purge_tombstones(event.message.partition, now)
                     replies_, touched_ = apply_ops(ledger, ops, event.message.offset)
+                    tombstones[event.message.partition].extend(
+                        (now, hold_key(r["order_id"], r["line_id"])) for r in replies_ if r["outcome"] == "shipped")
                     out += replies_
                     touched |= touched_
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent

@@ -53,7 +53,20 @@ class ReserveResult:
 
 
 Levels = MutableMapping[str, list[int]]  # level_key -> [on_hand, reserved, safety(, offset, index of last stock change)]
-Holds = MutableMapping[str, dict]  # hold_key -> Hold.to_dict()
+Holds = MutableMapping[str, dict]  # hold_key -> Hold.to_dict() (+ "x": [offset, index] once shipped)
+
+#: Position of a change that came without one (tests, direct calls): never "already applied".
+NO_POSITION = (-1, -1)
+
+
+def is_shipped(hold: dict) -> bool:
+    """A shipped hold is kept for a while as a tombstone: no longer reserved stock, but proof of
+    the shipment (its units and where it was applied) for a batch read again after a crash."""
+    return "x" in hold
+
+
+def live_holds(holds: Holds) -> list[dict]:
+    return [h for h in holds.values() if "x" not in h]
 
 
 class Ledger:
@@ -101,12 +114,15 @@ class Ledger:
 
     # -- reservations --------------------------------------------------------------------------
     def reserve(self, order_id: str, line_id: str, sku: str, warehouse: str, qty: int, attempt: int,
-                paid_at: str, reply_to: int = -1) -> ReserveResult:
-        """Hold ``qty`` units for (order, line) at ``warehouse``, all or nothing; idempotent."""
+                paid_at: str, reply_to: int = -1, position: tuple[int, int] = NO_POSITION) -> ReserveResult:
+        """Hold ``qty`` units for (order, line) at ``warehouse``, all or nothing; idempotent.
+        ``position`` (stock-ops offset, index) is kept in the hold (``"c"``): see :meth:`ship`."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
         if existing is not None:
             held = Hold.from_dict(existing)
+            if is_shipped(existing):  # the line has shipped: a request read again changes nothing
+                return ReserveResult("confirmed" if held.attempt == attempt else "stale", self.available(sku, warehouse))
             if held.attempt > attempt:
                 return ReserveResult("stale", self.available(sku, warehouse))
             if held.attempt == attempt and held.warehouse == warehouse and held.qty == qty:
@@ -116,14 +132,17 @@ class Ledger:
         if qty <= 0 or on_hand - reserved - safety < qty:
             return ReserveResult("refused", on_hand - reserved - safety)
         self._put(sku, warehouse, on_hand, reserved + qty, safety)
-        self.holds[key] = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at, reply_to).to_dict()
+        hold = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at, reply_to).to_dict()
+        if position != NO_POSITION:
+            hold["c"] = list(position)
+        self.holds[key] = hold
         return ReserveResult("confirmed", on_hand - reserved - qty - safety)
 
     def release(self, order_id: str, line_id: str, attempt: int | None = None) -> Hold | None:
         """Give a hold's units back; only what was really held, only once.  Returns the hold released."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
-        if existing is None:
+        if existing is None or is_shipped(existing):
             return None
         held = Hold.from_dict(existing)
         if attempt is not None and held.attempt != attempt:
@@ -133,16 +152,40 @@ class Ledger:
         del self.holds[key]
         return held
 
-    def ship(self, order_id: str, line_id: str) -> Hold | None:
-        """The WMS shipped the line: the hold becomes a shipment and on-hand drops by its units."""
+    def ship(self, order_id: str, line_id: str, position: tuple[int, int] = NO_POSITION) -> Hold | None:
+        """The WMS shipped the line: on-hand and reserved drop by its units, and the hold becomes a
+        shipped tombstone (``"x"``: the stock-ops position where the shipment was applied).
+
+        Exactly once, even when a crash tore the batch (the level and the hold are separate
+        changelog records) and the batch is read again: the level's watermark (:meth:`applied_at`)
+        says whether its record already took the shipment.  Returns the hold if this call shipped
+        it, None for an unknown or already shipped line."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
         if existing is None:
             return None
+        if position != NO_POSITION and tuple(existing.get("c", NO_POSITION)) > position:
+            return None  # a hold made after this confirmation (seen when a torn batch is read again)
         held = Hold.from_dict(existing)
+        level_has_it = position != NO_POSITION and self.applied_at(held.sku, held.warehouse) >= position
         on_hand, reserved, safety = self.level(held.sku, held.warehouse)
-        self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), max(0, reserved - held.qty), safety)
-        del self.holds[key]
+        if is_shipped(existing):
+            # The tombstone landed; did its level?  (Re-derived ``reserved`` already excludes it.)
+            at = (int(existing["x"][0]), int(existing["x"][1]))
+            if at == NO_POSITION or self.applied_at(held.sku, held.warehouse) >= at:
+                return None
+            self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), reserved, safety)
+            self.mark_applied(held.sku, held.warehouse, at)
+            return None
+        if level_has_it:
+            # The level landed (on-hand already down), the tombstone did not: the hold was counted
+            # back into ``reserved`` when it was re-derived; take it out again.
+            self._put(held.sku, held.warehouse, on_hand, max(0, reserved - held.qty), safety)
+        else:
+            self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), max(0, reserved - held.qty), safety)
+            if position != NO_POSITION:
+                self.mark_applied(held.sku, held.warehouse, position)
+        self.holds[key] = {**existing, "x": list(position)}
         return held
 
     # -- inventory -----------------------------------------------------------------------------
@@ -160,7 +203,7 @@ class Ledger:
 
     def _evict(self, sku: str, warehouse: str) -> list[Hold]:
         """Release the most recently paid holds until reserved <= on_hand - safety again."""
-        mine = sorted((Hold.from_dict(h) for h in list(self.holds.values())
+        mine = sorted((Hold.from_dict(h) for h in live_holds(self.holds)
                        if h["s"] == sku and h["w"] == warehouse),
                       key=lambda h: (h.paid_at, h.order_id), reverse=True)
         evicted: list[Hold] = []
@@ -185,7 +228,7 @@ def reserved_drift(levels: Levels, holds: Holds) -> dict[str, int]:
     a surviving one is confirmed without counting it again).
     """
     sums: dict[str, int] = {}
-    for h in holds.values():
+    for h in live_holds(holds):
         key = level_key(h["s"], h["w"])
         sums[key] = sums.get(key, 0) + int(h["q"])
     drift = {k: sums.get(k, 0) for k, v in levels.items() if v[1] != sums.get(k, 0)}
@@ -210,7 +253,8 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
         kind = op["op"]
         if kind == "reserve":
             r = ledger.reserve(op["order_id"], op["line_id"], op["sku"], op["warehouse"], int(op["qty"]),
-                               int(op["attempt"]), op.get("paid_at", ""), int(op.get("reply_to", -1)))
+                               int(op["attempt"]), op.get("paid_at", ""), int(op.get("reply_to", -1)),
+                               NO_POSITION if source_offset is None else (source_offset, index))
             touched.add((op["sku"], op["warehouse"]))
             replies.append({"outcome": r.outcome, "order_id": op["order_id"], "line_id": op["line_id"],
                             "sku": op["sku"], "warehouse": op["warehouse"], "attempt": op["attempt"],
@@ -220,7 +264,8 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
             if held:
                 touched.add((held.sku, held.warehouse))
         elif kind == "ship":
-            held = ledger.ship(op["order_id"], op["line_id"])
+            held = ledger.ship(op["order_id"], op["line_id"],
+                               NO_POSITION if source_offset is None else (source_offset, index))
             if held:
                 touched.add((held.sku, held.warehouse))
                 replies.append({"outcome": "shipped", "order_id": held.order_id, "line_id": held.line_id,

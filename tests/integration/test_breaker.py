@@ -149,8 +149,10 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
                          for n, p in procs.items())
         return f"breakers: {call(base, 'GET', '/breakers')[1]}\n{logs}"
 
+    drain_started = time.monotonic()
     wait_for(lambda: breaker(base, key)["state"] == "closed" and breaker(base, key)["held"] == 0, 120,
              "breaker to drain and close", step=1, show=looks)
+    print(f"breaker drained and closed {time.monotonic() - drain_started:.1f} s after the surge was over")
 
     want = set(ids)
     evs = wait_for(lambda: (lambda e: e if all(any(is_terminal(x) for x in e.get(o, [])) for o in want) else None)(

@@ -57,6 +57,12 @@ def test_ship_turns_hold_into_shipment() -> None:
     assert led.ship("o1", "1") is not None
     assert led.ship("o1", "1") is None
     assert led.level("SKU-A", "WH-1") == (3, 0, 0)
+    # The shipped hold stays as a tombstone: a reservation or release read again changes nothing.
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 2, 1, "t").outcome == "confirmed"
+    assert led.reserve("o1", "1", "SKU-A", "WH-1", 2, 2, "t").outcome == "stale"
+    assert led.release("o1", "1") is None
+    assert led.level("SKU-A", "WH-1") == (3, 0, 0)
+    assert led.level("SKU-A", "WH-1") == (3, 0, 0)
 
 
 def test_correction_below_reserved_evicts_latest_paid_first() -> None:
@@ -106,7 +112,7 @@ def test_invariant_holds_for_any_sequence_and_replays_change_nothing(seq) -> Non
         for w in ("WH-1", "WH-2"):
             on_hand, reserved, safety = led.level("SKU-A", w)
             assert 0 <= reserved <= max(0, on_hand - safety), (w, led.level("SKU-A", w))
-            held = sum(h["q"] for h in led.holds.values() if h["w"] == w)
+            held = sum(h["q"] for h in led.holds.values() if h["w"] == w and "x" not in h)
             assert held == reserved, "reserved is exactly the sum of live holds"
 
 
@@ -132,13 +138,14 @@ def _sums_agree(led: Ledger) -> None:
     from peakroute.domain.ledger import reserved_drift
 
     assert reserved_drift(led.levels, led.holds) == {}
-    for on_hand, reserved, safety in led.levels.values():
+    for level in led.levels.values():
+        on_hand, reserved, safety = level[:3]
         assert reserved <= on_hand - safety
 
 
 #: (operation, order, is this a new attempt of the order?): as the order side sends them — a line's SKU and
 #: quantity never change, its attempts only go up.
-OPS = st.lists(st.tuples(st.sampled_from(["reserve", "release"]), st.integers(0, 7), st.booleans()),
+OPS = st.lists(st.tuples(st.sampled_from(["reserve", "reserve", "release", "ship"]), st.integers(0, 7), st.booleans()),
                min_size=1, max_size=25)
 
 
@@ -148,7 +155,8 @@ def test_a_batch_torn_by_a_crash_lands_exactly_after_rederiving_reserved(history
     """Whatever subset of a batch's level and hold writes reached the changelog before a kill -9,
     re-deriving `reserved` from the holds and re-applying the batch (faust re-reads it: offsets are
     committed only after the writes are flushed) gives the state the batch would have given
-    without the crash — when stock is plentiful — and never breaks reserved == sum(holds)."""
+    without the crash — when stock is plentiful — and never breaks reserved == sum(holds).
+    Shipments included: on-hand drops exactly once per shipped line."""
     from peakroute.domain.ledger import apply_ops, reserved_drift
 
     attempts: dict[int, int] = {}
@@ -164,11 +172,11 @@ def test_a_batch_torn_by_a_crash_lands_exactly_after_rederiving_reserved(history
     base = Ledger({}, {})
     for sku in ("SKU-A", "SKU-B"):
         base.set_stock(sku, "WH-1", on_hand=1000)
-    apply_ops(base, ops(history))
+    apply_ops(base, ops(history), 1)
     batch_ops = ops(batch)
     # The batch, run to completion: what it wrote.
     done = Ledger(Recording(base.levels), Recording(base.holds))
-    apply_ops(done, batch_ops)
+    apply_ops(done, batch_ops, 2)
     # The crash: only some of those writes reached the changelog.
     torn = Ledger(dict(base.levels), dict(base.holds))
     writes = [(torn.levels, done.levels, k) for k in sorted(done.levels.written)] + \
@@ -183,10 +191,10 @@ def test_a_batch_torn_by_a_crash_lands_exactly_after_rederiving_reserved(history
     for key, reserved in reserved_drift(torn.levels, torn.holds).items():
         torn.set_reserved(key, reserved)
     _sums_agree(torn)
-    apply_ops(torn, batch_ops)
+    apply_ops(torn, batch_ops, 2)
     _sums_agree(torn)
     assert dict(torn.holds) == dict(done.holds)
-    assert dict(torn.levels) == dict(done.levels)
+    assert {k: v[:3] for k, v in torn.levels.items()} == {k: v[:3] for k, v in done.levels.items()}
 
 
 def test_reserved_drift_names_only_levels_that_disagree_with_their_holds() -> None:
@@ -227,3 +235,38 @@ def test_an_inventory_change_read_again_after_a_crash_is_applied_once() -> None:
     # Without a source position (tests, tools) every change applies.
     apply_ops(led, receipt)
     assert led.level("SKU-A", "WH-1") == (307, 5, 1)
+
+
+def test_a_torn_shipment_confirmation_lands_exactly_once() -> None:
+    """The two records a shipment writes (the level: on-hand and reserved down; the hold: now a
+    tombstone) can land one without the other when a worker is killed; the batch is then read
+    again.  Each way round, on-hand ends exactly one shipment lower."""
+    from peakroute.domain.ledger import apply_ops, reserved_drift
+
+    ship = [{"op": "ship", "order_id": "o1", "line_id": "1"}]
+
+    def reserved_then_shipped() -> tuple[Ledger, Ledger]:
+        before = fresh(10)
+        before.reserve("o1", "1", "SKU-A", "WH-1", 3, 1, "t")
+        after = Ledger(dict(before.levels), dict(before.holds))
+        apply_ops(after, ship, 50)
+        assert after.level("SKU-A", "WH-1") == (7, 0, 0)
+        return before, after
+
+    def recover_and_reread(led: Ledger) -> Ledger:
+        for key, reserved in reserved_drift(led.levels, led.holds).items():
+            led.set_reserved(key, reserved)
+        apply_ops(led, ship, 50)
+        apply_ops(led, ship, 61)  # and the WMS's confirmation re-sent, at a later position
+        return led
+
+    before, after = reserved_then_shipped()
+    # Only the level landed: the hold is still live (and was counted back into reserved).
+    torn = recover_and_reread(Ledger(dict(after.levels), dict(before.holds)))
+    assert torn.level("SKU-A", "WH-1") == (7, 0, 0) and torn.holds == after.holds
+    # Only the tombstone landed: the level still has the units on hand and reserved.
+    torn = recover_and_reread(Ledger(dict(before.levels), dict(after.holds)))
+    assert torn.level("SKU-A", "WH-1") == (7, 0, 0) and torn.holds == after.holds
+    # Both landed (or neither): the same.
+    assert recover_and_reread(Ledger(dict(after.levels), dict(after.holds))).level("SKU-A", "WH-1") == (7, 0, 0)
+    assert recover_and_reread(Ledger(dict(before.levels), dict(before.holds))).level("SKU-A", "WH-1") == (7, 0, 0)
