@@ -29,6 +29,7 @@ installed only on that version (``requirements.lock`` pins it; a test checks the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ FAUST_VERSION = "0.15.3"
 DELIVER, DUPLICATE, REWIND, SKIP, HOLE = "deliver", "duplicate", "rewind", "skip", "hole"
 #: Rewinds to the same offset before a hole is believed to be real.
 MAX_REWINDS = 3
+#: Numbers every fetch of the process (see OffsetTracker).
+_FETCHES = itertools.count(1)
 
 
 @dataclass
@@ -191,8 +194,8 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
         if not isinstance(self._read_offset, ReadOffsets):
             self._read_offset = ReadOffsets(self._read_offset)
         read_offsets: ReadOffsets = self._read_offset
-        tracker = OffsetTracker()
-        batch = 0
+        # Kept on the consumer: faust restarts this loop (the fetcher) after recoveries.
+        tracker: OffsetTracker = self.__dict__.setdefault("_peakroute_offsets", OffsetTracker())
 
         flag_consumer_fetching = CONSUMER_FETCHING
         set_flag = self.diag.set_flag
@@ -217,7 +220,7 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
                 ait = cast(Any, getmany(timeout=1.0))
-                batch += 1
+                batch = next(_FETCHES)
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
