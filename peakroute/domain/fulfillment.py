@@ -14,6 +14,7 @@ more (old attempt, or the order was cancelled meanwhile) is released at once.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -66,13 +67,22 @@ def _event(order_id: str, kind: str, now: str, **detail: Any) -> dict[str, Any]:
     return {"order_id": order_id, "event": kind, "at": now, **detail}
 
 
+def shipment_id(order_id: str, warehouse: str, attempt: int, plan: str = "") -> str:
+    """``<order_id>/<warehouse>/<attempt>.<plan>``: the same plan always sends the same id (so a
+    WMS can drop a re-sent request), two plans never do (so a cancel never hits the wrong one)."""
+    return f"{order_id}/{warehouse}/{attempt}" + (f".{plan}" if plan else "")
+
+
 class OrderRouter:
     """Transitions of one order's state (a JSON-able dict kept in a changelog-backed table)."""
 
-    def __init__(self, network: Network, catalog: Catalog) -> None:
+    def __init__(self, network: Network, catalog: Catalog, plan_ids: Callable[[], str] | None = None) -> None:
         self.network = network
         self.catalog = catalog
         self.warehouses = network.by_code()
+        #: A fresh id for every plan (see _start_attempt); random, so a plan made again after a
+        #: crash never shares its id with the plan the crash lost.
+        self.plan_ids = plan_ids or (lambda: secrets.token_hex(4))
 
     # -- inputs ----------------------------------------------------------------------------------
     def wants_stock(self, order: dict) -> bool:
@@ -134,12 +144,25 @@ class OrderRouter:
         """A SKU owner's answer about one line: confirmed / refused / stale / evicted / shipped."""
         fx = Effects()
         outcome, line_id, attempt = reply["outcome"], reply["line_id"], reply["attempt"]
-        current = state is not None and state["status"] == RESERVING and attempt == state["attempt"]
+        plan = reply.get("plan", "")
+        this_plan = state is not None and attempt == state["attempt"] and plan == state.get("plan_id", "")
+        current = state is not None and this_plan and state["status"] == RESERVING \
+            and self._planned(state, line_id) == (reply["warehouse"], int(reply["qty"]))
         if outcome == "confirmed" and not current:
-            held_here = state is not None and state["holds"].get(line_id) == [reply["warehouse"], attempt] \
-                and state["status"] == ROUTED
+            held_here = state is not None and this_plan and state["status"] == ROUTED \
+                and state["holds"].get(line_id) == [reply["warehouse"], attempt]
             if not held_here:  # a confirmation nobody wants: give the units back
-                fx.stock_ops.append(self._op("release", reply["order_id"], line_id, reply["sku"], attempt=attempt))
+                fx.stock_ops.append(self._op("release", reply["order_id"], line_id, reply["sku"], attempt=attempt,
+                                             warehouse=reply["warehouse"], plan=plan))
+                if plan and (state is None or plan not in state.get("plans", ())):
+                    # A plan this order's state never had: made by a worker that crashed before
+                    # writing it down, and it may have routed.  Take back the shipment it would
+                    # have sent from this warehouse (its id is unique to that plan).
+                    sid = shipment_id(reply["order_id"], reply["warehouse"], attempt, plan)
+                    fx.requests.append((reply["warehouse"], {
+                        "type": "cancel_request", "shipment_id": sid, "order_id": reply["order_id"],
+                        "warehouse": reply["warehouse"], "reason": "plan_lost_in_crash", "requested_at": now,
+                        "precautionary": True}))
             return state, fx
         if state is None:
             return state, fx
@@ -154,7 +177,7 @@ class OrderRouter:
                     fx.events.append(_event(oid, "shipped", now))
             return state, fx
         if outcome == "evicted":
-            if state["holds"].get(line_id) != [reply["warehouse"], attempt]:
+            if not this_plan or state["holds"].get(line_id) != [reply["warehouse"], attempt]:
                 return state, fx
             state = {**state, "holds": {k: v for k, v in state["holds"].items() if k != line_id}}
             fx.events.append(_event(oid, "oversold", now, line_id=line_id, warehouse=reply["warehouse"],
@@ -184,6 +207,20 @@ class OrderRouter:
         state, more = self._start_attempt(state, view, now)
         fx.extend(more)
         return state, fx
+
+    @staticmethod
+    def _planned(state: dict, line_id: str) -> tuple[str, int] | None:
+        """(warehouse, qty) the current plan reserves for ``line_id``.
+
+        A reply counts for the plan only if it answers *this* plan: after a worker crash lost a
+        state write, the same attempt number can be planned again differently (the stock view has
+        moved), and an answer to the lost plan must not stand in for an answer to this one.
+        """
+        for wh, lids in state["plan"]:
+            if line_id in lids:
+                qty = next(int(line["qty"]) for line in state["order"]["lines"] if line["line_id"] == line_id)
+                return wh, qty
+        return None
 
     def on_release(self, state: dict, view: StockView, now: str, by: str = "breaker_drain") -> tuple[dict, Effects]:
         """A held order may go on: reserve and route it as usual (once: only a held order moves)."""
@@ -227,7 +264,8 @@ class OrderRouter:
                 if lid not in state["replies"]:
                     fx.stock_ops.append(self._op("reserve", state["order_id"], lid, lines[lid]["sku"],
                                                  attempt=state["attempt"], warehouse=wh, qty=int(lines[lid]["qty"]),
-                                                 paid_at=order.get("paid_at") or order["created_at"]))
+                                                 paid_at=order.get("paid_at") or order["created_at"],
+                                                 plan=state.get("plan_id", "")))
         return {**state, "since": now}, fx
 
     def on_expiry(self, state: dict, now: str) -> tuple[dict, Effects]:
@@ -256,14 +294,17 @@ class OrderRouter:
             state = {**state, "attempt": attempt}
             return self._backorder(state, now, plan.backorder_reason or "insufficient_stock", fx)
         lines = {line["line_id"]: line for line in order["lines"]}
-        state = {**state, "status": RESERVING, "attempt": attempt, "replies": {}, "since": now,
+        plan_id = self.plan_ids()
+        state = {**state, "status": RESERVING, "attempt": attempt, "plan_id": plan_id, "replies": {}, "since": now,
+                 "plans": [*state.get("plans", ()), plan_id][-32:],
                  "plan": [[s.warehouse, list(s.line_ids)] for s in plan.shipments],
                  "omitted_gifts": list(plan.omitted_gifts)}
         for wh, lids in state["plan"]:
             for lid in lids:
                 line = lines[lid]
                 fx.stock_ops.append(self._op("reserve", oid, lid, line["sku"], attempt=attempt, warehouse=wh,
-                                             qty=int(line["qty"]), paid_at=order.get("paid_at") or order["created_at"]))
+                                             qty=int(line["qty"]), paid_at=order.get("paid_at") or order["created_at"],
+                                             plan=plan_id))
         return state, fx
 
     def _route(self, state: dict, now: str, fx: Effects) -> tuple[dict, Effects]:
@@ -275,17 +316,17 @@ class OrderRouter:
         sent = []
         n = len(state["plan"])
         for i, (wh, lids) in enumerate(state["plan"]):
-            shipment_id = f"{oid}/{wh}/{state['attempt']}"
+            sid = shipment_id(oid, wh, state["attempt"], state.get("plan_id", ""))
             ship_by = self.warehouses[wh].ship_by(paid).strftime("%Y-%m-%dT%H:%M:%SZ")
             fx.requests.append((wh, {
-                "type": "shipment_request", "shipment_id": shipment_id, "order_id": oid,
+                "type": "shipment_request", "shipment_id": sid, "order_id": oid,
                 "channel": order["channel"], "channel_order_id": order["channel_order_id"], "warehouse": wh,
                 "lines": [{"line_id": lid, "sku": lines[lid]["sku"], "qty": lines[lid]["qty"],
                            "gift": lines[lid]["gift"]} for lid in lids],
                 "priority": priority, "urgent": bool(order.get("urgent")), "ship_by": ship_by,
                 "ship_to": order["ship_to"], "shipment": i + 1, "shipments": n, "requested_at": now,
             }))
-            sent.append([wh, shipment_id])
+            sent.append([wh, sid])
         state = {**state, "status": ROUTED, "sent": sent, "priority": priority}
         whs = [wh for wh, _ in state["plan"]]
         fx.events.append(_event(oid, "reserved", now, attempt=state["attempt"],
@@ -302,19 +343,44 @@ class OrderRouter:
     def _release_holds(self, state: dict, now: str, reason: str) -> tuple[dict, Effects]:
         fx = Effects()
         lines = {line["line_id"]: line for line in state["order"]["lines"]}
+        plan = {"plan": state["plan_id"]} if state.get("plan_id") else {}
         for lid, (wh, attempt) in sorted(state["holds"].items()):
-            fx.stock_ops.append(self._op("release", state["order_id"], lid, lines[lid]["sku"], attempt=attempt))
+            fx.stock_ops.append(self._op("release", state["order_id"], lid, lines[lid]["sku"], attempt=attempt,
+                                         warehouse=wh, **plan))
         if state["holds"]:
             fx.events.append(_event(state["order_id"], "released", now, reason=reason, lines=sorted(state["holds"])))
         return {**state, "holds": {}}, fx
 
+    @staticmethod
+    def _maybe_sent(state: dict) -> list[list[str]]:
+        """Shipment requests the current attempt may have sent although ``state`` does not say so.
+
+        A worker's batch is acknowledged by Kafka before its tables are written (see
+        ``agents.common``), so a worker killed in between comes back with the order still
+        ``reserving`` while its shipment requests are already with the warehouses.  Re-delivered
+        inputs normally route it again (same shipment ids, deduplicated by the WMS), but a cancel
+        re-delivered *before* the last confirmation ends the order first.  The route can only have
+        happened if no line of this attempt was refused, so then the attempt's shipments are
+        cancelled as a precaution (a WMS ignores a cancel for a shipment it never received).
+        """
+        if state["status"] != RESERVING or any(v != "confirmed" for v in state["replies"].values()):
+            return []
+        sent = {sid for _, sid in state["sent"]}
+        ids = [[wh, shipment_id(state["order_id"], wh, state["attempt"], state.get("plan_id", ""))]
+               for wh, _ in state["plan"]]
+        return [x for x in ids if x[1] not in sent]
+
     def _unwind(self, state: dict, now: str, reason: str) -> tuple[dict, Effects]:
-        """Take back shipment requests already sent and release every hold."""
+        """Take back shipment requests already sent (or possibly sent) and release every hold."""
         fx = Effects()
         for wh, shipment_id in state["sent"]:
             fx.requests.append((wh, {"type": "cancel_request", "shipment_id": shipment_id,
                                      "order_id": state["order_id"], "warehouse": wh, "reason": reason,
                                      "requested_at": now}))
+        for wh, shipment_id in self._maybe_sent(state):
+            fx.requests.append((wh, {"type": "cancel_request", "shipment_id": shipment_id,
+                                     "order_id": state["order_id"], "warehouse": wh, "reason": reason,
+                                     "requested_at": now, "precautionary": True}))
         state, more = self._release_holds({**state, "sent": []}, now, reason)
         fx.extend(more)
         return state, fx

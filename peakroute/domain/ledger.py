@@ -36,14 +36,18 @@ class Hold:
     attempt: int
     paid_at: str  #: eviction order on oversell: the most recently paid goes first
     reply_to: int = -1  #: partition of the order's owner (where news about this hold is sent)
+    plan: str = ""  #: the order's plan id: tells two plans with the same attempt number apart
 
     def to_dict(self) -> dict:
-        return {"o": self.order_id, "l": self.line_id, "s": self.sku, "w": self.warehouse, "q": self.qty,
-                "a": self.attempt, "p": self.paid_at, "r": self.reply_to}
+        d = {"o": self.order_id, "l": self.line_id, "s": self.sku, "w": self.warehouse, "q": self.qty,
+             "a": self.attempt, "p": self.paid_at, "r": self.reply_to}
+        if self.plan:
+            d["t"] = self.plan
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Hold":
-        return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"], d.get("r", -1))
+        return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"], d.get("r", -1), d.get("t", ""))
 
 
 @dataclass(frozen=True)
@@ -114,38 +118,50 @@ class Ledger:
 
     # -- reservations --------------------------------------------------------------------------
     def reserve(self, order_id: str, line_id: str, sku: str, warehouse: str, qty: int, attempt: int,
-                paid_at: str, reply_to: int = -1, position: tuple[int, int] = NO_POSITION) -> ReserveResult:
+                paid_at: str, reply_to: int = -1, position: tuple[int, int] = NO_POSITION,
+                plan: str = "") -> ReserveResult:
         """Hold ``qty`` units for (order, line) at ``warehouse``, all or nothing; idempotent.
-        ``position`` (stock-ops offset, index) is kept in the hold (``"c"``): see :meth:`ship`."""
+        ``position`` (stock-ops offset, index) is kept in the hold (``"c"``): see :meth:`ship`.
+
+        ``plan`` identifies the order's plan.  The same request again is confirmed without holding
+        twice; a request of a newer plan replaces the hold.  Plans with the same attempt number
+        exist only when a crashed order owner planned again (its first plan was never written):
+        its requests reach this partition in the order they were made, so the later one wins."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
         if existing is not None:
             held = Hold.from_dict(existing)
+            same = held.attempt == attempt and held.plan == plan
             if is_shipped(existing):  # the line has shipped: a request read again changes nothing
-                return ReserveResult("confirmed" if held.attempt == attempt else "stale", self.available(sku, warehouse))
+                return ReserveResult("confirmed" if same else "stale", self.available(sku, warehouse))
             if held.attempt > attempt:
                 return ReserveResult("stale", self.available(sku, warehouse))
-            if held.attempt == attempt and held.warehouse == warehouse and held.qty == qty:
+            if same and held.warehouse == warehouse and held.qty == qty:
                 return ReserveResult("confirmed", self.available(sku, warehouse))
-            self.release(order_id, line_id)  # a newer attempt replaces the old hold
+            self.release(order_id, line_id)  # a newer plan replaces the old hold
         on_hand, reserved, safety = self.level(sku, warehouse)
         if qty <= 0 or on_hand - reserved - safety < qty:
             return ReserveResult("refused", on_hand - reserved - safety)
         self._put(sku, warehouse, on_hand, reserved + qty, safety)
-        hold = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at, reply_to).to_dict()
+        hold = Hold(order_id, line_id, sku, warehouse, qty, attempt, paid_at, reply_to, plan).to_dict()
         if position != NO_POSITION:
             hold["c"] = list(position)
         self.holds[key] = hold
         return ReserveResult("confirmed", on_hand - reserved - qty - safety)
 
-    def release(self, order_id: str, line_id: str, attempt: int | None = None) -> Hold | None:
-        """Give a hold's units back; only what was really held, only once.  Returns the hold released."""
+    def release(self, order_id: str, line_id: str, attempt: int | None = None,
+                warehouse: str | None = None, plan: str | None = None) -> Hold | None:
+        """Give a hold's units back; only what was really held, only once.  Returns the hold released.
+
+        ``attempt`` / ``warehouse`` / ``plan``: release only the hold of that plan (a confirmation
+        from a plan the order no longer has must not release the plan it has now)."""
         key = hold_key(order_id, line_id)
         existing = self.holds.get(key)
         if existing is None or is_shipped(existing):
             return None
         held = Hold.from_dict(existing)
-        if attempt is not None and held.attempt != attempt:
+        if (attempt is not None and held.attempt != attempt) or (warehouse is not None and held.warehouse != warehouse) \
+                or (plan is not None and held.plan != plan):
             return None
         on_hand, reserved, safety = self.level(held.sku, held.warehouse)
         self._put(held.sku, held.warehouse, on_hand, max(0, reserved - held.qty), safety)
@@ -254,13 +270,14 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
         if kind == "reserve":
             r = ledger.reserve(op["order_id"], op["line_id"], op["sku"], op["warehouse"], int(op["qty"]),
                                int(op["attempt"]), op.get("paid_at", ""), int(op.get("reply_to", -1)),
-                               NO_POSITION if source_offset is None else (source_offset, index))
+                               NO_POSITION if source_offset is None else (source_offset, index), op.get("plan", ""))
             touched.add((op["sku"], op["warehouse"]))
             replies.append({"outcome": r.outcome, "order_id": op["order_id"], "line_id": op["line_id"],
                             "sku": op["sku"], "warehouse": op["warehouse"], "attempt": op["attempt"],
-                            "qty": op["qty"], "available": r.available, "reply_to": op.get("reply_to", -1)})
+                            "qty": op["qty"], "available": r.available, "reply_to": op.get("reply_to", -1),
+                            "plan": op.get("plan", "")})
         elif kind == "release":
-            held = ledger.release(op["order_id"], op["line_id"], op.get("attempt"))
+            held = ledger.release(op["order_id"], op["line_id"], op.get("attempt"), op.get("warehouse"), op.get("plan"))
             if held:
                 touched.add((held.sku, held.warehouse))
         elif kind == "ship":
@@ -270,7 +287,7 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
                 touched.add((held.sku, held.warehouse))
                 replies.append({"outcome": "shipped", "order_id": held.order_id, "line_id": held.line_id,
                                 "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
-                                "qty": held.qty, "reply_to": held.reply_to})
+                                "qty": held.qty, "reply_to": held.reply_to, "plan": held.plan})
         elif kind == "stock":
             if source_offset is not None:
                 position = (source_offset, index)
@@ -284,7 +301,7 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
             for held in evicted:
                 replies.append({"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id,
                                 "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
-                                "qty": held.qty, "reply_to": held.reply_to})
+                                "qty": held.qty, "reply_to": held.reply_to, "plan": held.plan})
         else:
             raise ValueError(f"unknown stock operation {kind!r}")
     return replies, touched

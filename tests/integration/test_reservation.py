@@ -102,7 +102,7 @@ def stock_view(base: str, sku: str, expect_reserved: int, timeout: float = 30) -
 def requests_for(settings: Settings, sku: str) -> list[dict]:
     out = []
     for wh in WAREHOUSES:
-        out += read_topic(settings, fulfillment_topic(wh), until=lambda rs: False, timeout=2,
+        out += read_topic(settings, fulfillment_topic(wh), until=lambda rs: True, timeout=30,
                           keep=lambda r: any(line["sku"] == sku for line in r.get("lines", []))
                           or r.get("type") == "cancel_request")
     return out
@@ -120,7 +120,7 @@ def test_hot_sku_with_100_units_and_1000_concurrent_orders_reserves_exactly_100(
     view = stock_view(base, "T-HOT", 100)
     assert view["total"] == {"on_hand": 100, "reserved": 100, "safety_stock": 0, "available": 0}, view
     reqs = requests_for(settings, "T-HOT")
-    inventory = read_topic(settings, INVENTORY, until=lambda rs: False, timeout=2, keep=lambda r: r.get("sku") == "T-HOT")
+    inventory = read_topic(settings, INVENTORY, until=lambda rs: True, timeout=30, keep=lambda r: r.get("sku") == "T-HOT")
     report = check_oversell(inventory, reqs)
     assert report.ok and report.promised == {("T-HOT", "WH-EAST"): 60, ("T-HOT", "WH-SOUTH"): 40}, report
     # "Where is my order?"
@@ -214,7 +214,7 @@ def test_stock_correction_below_reservations_reroutes_the_oversold_orders(env) -
     assert Counter(final(evs) for evs in results.values()) == {"routed": 4, "backordered": 1}
     view = stock_view(base, "T-FIX", 4)
     assert view["warehouses"]["WH-EAST"]["reserved"] == 2 and view["warehouses"]["WH-CENTRAL"]["reserved"] == 2
-    inventory = read_topic(settings, INVENTORY, until=lambda rs: False, timeout=2, keep=lambda r: r.get("sku") == "T-FIX")
+    inventory = read_topic(settings, INVENTORY, until=lambda rs: True, timeout=30, keep=lambda r: r.get("sku") == "T-FIX")
     report = check_oversell(inventory, requests_for(settings, "T-FIX"))
     assert report.ok and report.promised == {("T-FIX", "WH-EAST"): 2, ("T-FIX", "WH-CENTRAL"): 2}, report
 
@@ -234,5 +234,5 @@ def test_two_workers_sharing_partitions_keep_the_invariants(env) -> None:
     assert finals == {"routed": 50, "backordered": 350}, finals
     assert second.alive(), second.output()[-3000:]
     assert stock_view(base, "T-2W", 50)["total"]["reserved"] == 50
-    inventory = read_topic(settings, INVENTORY, until=lambda rs: False, timeout=2, keep=lambda r: r.get("sku") == "T-2W")
+    inventory = read_topic(settings, INVENTORY, until=lambda rs: True, timeout=30, keep=lambda r: r.get("sku") == "T-2W")
     assert check_oversell(inventory, requests_for(settings, "T-2W")).ok

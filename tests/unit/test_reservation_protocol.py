@@ -7,10 +7,18 @@ corrections mixed in.  Whatever happens:
 - at quiescence, the live holds are exactly those of routed orders (all-or-nothing: no order keeps a
   partial reservation, nothing cancelled or backordered holds stock);
 - a routed order holds every line it ships, at the warehouse it was routed to.
+
+With ``crash_rate``, the order side's worker sometimes crashes: what it sent is sent (its batches'
+messages are acknowledged before its tables remember them), but every state change since its last
+durable checkpoint (changelog flushed, offsets committed) is lost, and every input since then is
+delivered again — replies first in their own order, orders interleaved anyhow.  The warehouses must
+still end with exactly one live shipment request per routed line, at the warehouse holding it, and
+a cancel for every shipment of a cancelled order.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import deque
 
@@ -41,8 +49,14 @@ def order(i: int, lines: list[tuple[str, int]], status: str = "paid") -> dict:
 
 
 class World:
-    def __init__(self, rng: random.Random, dup_rate: float, stale_view: bool, loss_rate: float = 0.0) -> None:
+    def __init__(self, rng: random.Random, dup_rate: float, stale_view: bool, loss_rate: float = 0.0,
+                 crash_rate: float = 0.0) -> None:
         self.rng = rng
+        self.crash_rate = crash_rate
+        self.requests: list[dict] = []  # what the warehouses were sent, in order
+        self.redeliver: deque = deque()  # orders to deliver again after a crash
+        self.durable: dict[str, dict] = {}  # the order side's states as of its last checkpoint
+        self.since_checkpoint: list[tuple[str, dict]] = []  # its inputs since then
         self.dup_rate = dup_rate
         self.loss_rate = loss_rate
         self.stale_view = stale_view
@@ -71,26 +85,48 @@ class World:
             if self.rng.random() < self.dup_rate:
                 q.append(dict(op))
 
+    def maybe_crash_or_checkpoint(self) -> None:
+        r = self.rng.random()
+        if r < self.crash_rate:
+            self.states = copy.deepcopy(self.durable)
+            self.redeliver.extend(o for kind, o in self.since_checkpoint if kind == "order")
+            self.to_orders.extendleft(reversed([m for kind, m in self.since_checkpoint if kind == "reply"]))
+            self.since_checkpoint = []
+        elif r < 3 * self.crash_rate:
+            self.durable = copy.deepcopy(self.states)
+            self.since_checkpoint = []
+
     def on_order(self, o: dict) -> None:
         st_, fx = self.router.on_order(self.states.get(o["order_id"]), o, self.view(), "t")
-        self.states[o["order_id"]] = st_
         self.send_ops(fx.stock_ops)
+        self.requests += [r for _, r in fx.requests]
+        self.states[o["order_id"]] = st_
+        if self.crash_rate:
+            self.since_checkpoint.append(("order", o))
+            self.maybe_crash_or_checkpoint()
 
     def stock(self, sku: str, wh: str, **kw: int) -> None:
         self.to_stock[self.part(sku)].append({"op": "stock", "sku": sku, "warehouse": wh, **kw})
 
     def step(self) -> bool:
-        choices = [i for i, q in enumerate(self.to_stock) if q] + (["o"] if self.to_orders else [])
+        choices = [i for i, q in enumerate(self.to_stock) if q] + (["o"] if self.to_orders else []) \
+            + (["r"] if self.redeliver else [])
         if not choices:
             return False
         c = self.rng.choice(choices)
-        if c == "o":
+        if c == "r":
+            self.on_order(self.redeliver.popleft())
+        elif c == "o":
             reply = self.to_orders.popleft()
             st_ = self.states.get(reply["order_id"])
             new, fx = self.router.on_reply(st_, reply, self.view(), "t")
+            self.send_ops(fx.stock_ops)
+            self.requests += [r for _, r in fx.requests]
             if new is not None:
                 self.states[reply["order_id"]] = new
-            self.send_ops(fx.stock_ops)
+            if self.crash_rate:
+                self.since_checkpoint.append(("reply", reply))
+                self.maybe_crash_or_checkpoint()
         else:
             op = self.to_stock[c].popleft()
             for sku in SKUS:
@@ -215,3 +251,61 @@ def test_a_lost_reply_is_healed_by_the_retry_watchdog() -> None:
     assert s_["status"] == ROUTED and s_["attempt"] == 1
     assert w.ledgers[w.part("S1")].level("S1", "WH-A") == (5, 2, 0)
     assert w.ledgers[w.part("S2")].level("S2", "WH-A") == (5, 1, 0)
+
+
+def check_warehouses(w: World) -> None:
+    """What the warehouses were told adds up: one live shipment per routed line, at the warehouse
+    that holds it, and every shipment of a cancelled order cancelled."""
+    cancelled = {r["shipment_id"] for r in w.requests if r["type"] == "cancel_request"}
+    sent: dict[str, list[dict]] = {}
+    for r in w.requests:
+        if r["type"] == "shipment_request":
+            sent.setdefault(r["order_id"], []).append(r)
+    holds = {(h["o"], h["l"]): h for led in w.ledgers for h in led.holds.values()}
+    for oid, s in w.states.items():
+        live = {r["shipment_id"]: r for r in sent.get(oid, []) if r["shipment_id"] not in cancelled}
+        lines = [(line["line_id"], r["warehouse"]) for r in live.values() for line in r["lines"]]
+        if s["status"] == ROUTED:
+            assert sorted(lid for lid, _ in lines) == sorted({lid for _, lids in s["plan"] for lid in lids}), \
+                (oid, "one live shipment per routed line", lines)
+            for lid, wh in lines:
+                assert holds.get((oid, lid), {}).get("w") == wh, (oid, lid, "shipped from the warehouse that holds it")
+        else:
+            assert not live, f"{oid} is {s['status']} but the warehouses still have {sorted(live)}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    stock=st.dictionaries(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS)), st.integers(0, 6), max_size=12),
+    orders=st.lists(order_lines, min_size=1, max_size=10),
+    cancels=st.sets(st.integers(0, 9), max_size=4),
+    crash_rate=st.sampled_from([0.05, 0.15]),
+    stale_view=st.booleans(),
+)
+def test_a_crash_between_sending_and_remembering_never_oversells_or_strands_a_shipment(
+        seed, stock, orders, cancels, crash_rate, stale_view):
+    rng = random.Random(seed)
+    w = World(rng, 0.0, stale_view)
+    for (sku, wh), units in stock.items():
+        w.stock(sku, wh, on_hand=units)
+    w.run()
+    w.crash_rate = crash_rate
+    docs = [order(i, lines) for i, lines in enumerate(orders)]
+    events = [("order", d) for d in docs] + [("cancel", docs[i]) for i in cancels if i < len(docs)]
+    rng.shuffle(events)
+    for kind, doc in events:
+        if kind == "order":
+            w.on_order(doc)
+        elif doc["order_id"] in w.states or rng.random() < 0.5:
+            w.on_order({**doc, "status": "cancelled"})
+        for _ in range(rng.randint(0, 6)):
+            w.step()
+    w.crash_rate = 0.0  # the last re-deliveries land
+    w.run()
+    check_warehouses(w)
+    holds = {(h["o"], h["l"]): h for led in w.ledgers for h in led.holds.values()}
+    for oid, s in w.states.items():
+        mine = {k for k in holds if k[0] == oid}
+        if s["status"] != ROUTED:
+            assert not mine, f"{oid} is {s['status']} but still holds {mine}"
