@@ -73,6 +73,16 @@ def shipment_id(order_id: str, warehouse: str, attempt: int, plan: str = "") -> 
     return f"{order_id}/{warehouse}/{attempt}" + (f".{plan}" if plan else "")
 
 
+def cancel_request(order_id: str, warehouse: str, sid: str, reason: str, now: str,
+                   precautionary: bool = False) -> dict[str, Any]:
+    """A warehouse's cancel request (``precautionary``: the shipment may never have been sent)."""
+    req: dict[str, Any] = {"type": "cancel_request", "shipment_id": sid, "order_id": order_id,
+                           "warehouse": warehouse, "reason": reason, "requested_at": now}
+    if precautionary:
+        req["precautionary"] = True
+    return req
+
+
 class OrderRouter:
     """Transitions of one order's state (a JSON-able dict kept in a changelog-backed table)."""
 
@@ -158,11 +168,10 @@ class OrderRouter:
                     # A plan this order's state never had: made by a worker that crashed before
                     # writing it down, and it may have routed.  Take back the shipment it would
                     # have sent from this warehouse (its id is unique to that plan).
-                    sid = shipment_id(reply["order_id"], reply["warehouse"], attempt, plan)
-                    fx.requests.append((reply["warehouse"], {
-                        "type": "cancel_request", "shipment_id": sid, "order_id": reply["order_id"],
-                        "warehouse": reply["warehouse"], "reason": "plan_lost_in_crash", "requested_at": now,
-                        "precautionary": True}))
+                    wh = reply["warehouse"]
+                    sid = shipment_id(reply["order_id"], wh, attempt, plan)
+                    fx.requests.append((wh, cancel_request(reply["order_id"], wh, sid, "plan_lost_in_crash", now,
+                                                           precautionary=True)))
             return state, fx
         if state is None:
             return state, fx
@@ -373,14 +382,10 @@ class OrderRouter:
     def _unwind(self, state: dict, now: str, reason: str) -> tuple[dict, Effects]:
         """Take back shipment requests already sent (or possibly sent) and release every hold."""
         fx = Effects()
-        for wh, shipment_id in state["sent"]:
-            fx.requests.append((wh, {"type": "cancel_request", "shipment_id": shipment_id,
-                                     "order_id": state["order_id"], "warehouse": wh, "reason": reason,
-                                     "requested_at": now}))
-        for wh, shipment_id in self._maybe_sent(state):
-            fx.requests.append((wh, {"type": "cancel_request", "shipment_id": shipment_id,
-                                     "order_id": state["order_id"], "warehouse": wh, "reason": reason,
-                                     "requested_at": now, "precautionary": True}))
+        for wh, sid in state["sent"]:
+            fx.requests.append((wh, cancel_request(state["order_id"], wh, sid, reason, now)))
+        for wh, sid in self._maybe_sent(state):
+            fx.requests.append((wh, cancel_request(state["order_id"], wh, sid, reason, now, precautionary=True)))
         state, more = self._release_holds({**state, "sent": []}, now, reason)
         fx.extend(more)
         return state, fx
