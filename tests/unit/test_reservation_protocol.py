@@ -168,12 +168,21 @@ class World:
 
 order_lines = st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 3)), min_size=1, max_size=3,
                        unique_by=lambda t: t[0])
+stock_levels = st.dictionaries(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS)), st.integers(0, 6), max_size=12)
+
+
+def stocked(w: World, stock: dict[tuple[str, str], int]) -> World:
+    """``w`` with ``stock`` on hand, every stock message applied."""
+    for (sku, wh), units in stock.items():
+        w.stock(sku, wh, on_hand=units)
+    w.run()
+    return w
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
-    stock=st.dictionaries(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS)), st.integers(0, 6), max_size=12),
+    stock=stock_levels,
     orders=st.lists(order_lines, min_size=1, max_size=12),
     cancels=st.sets(st.integers(0, 11), max_size=4),
     corrections=st.lists(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS), st.integers(0, 3)), max_size=3),
@@ -182,10 +191,7 @@ order_lines = st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 3)), min_
 )
 def test_invariants_hold_under_any_interleaving(seed, stock, orders, cancels, corrections, dup_rate, stale_view):
     rng = random.Random(seed)
-    w = World(rng, dup_rate, stale_view)
-    for (sku, wh), units in stock.items():
-        w.stock(sku, wh, on_hand=units)
-    w.run()
+    w = stocked(World(rng, dup_rate, stale_view), stock)
     docs = [order(i, lines) for i, lines in enumerate(orders)]
     events = [("order", d) for d in docs]
     events += [("cancel", docs[i]) for i in cancels if i < len(docs)]
@@ -277,7 +283,7 @@ def check_warehouses(w: World) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
-    stock=st.dictionaries(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS)), st.integers(0, 6), max_size=12),
+    stock=stock_levels,
     orders=st.lists(order_lines, min_size=1, max_size=10),
     cancels=st.sets(st.integers(0, 9), max_size=4),
     crash_rate=st.sampled_from([0.05, 0.15]),
@@ -286,10 +292,7 @@ def check_warehouses(w: World) -> None:
 def test_a_crash_between_sending_and_remembering_never_oversells_or_strands_a_shipment(
         seed, stock, orders, cancels, crash_rate, stale_view):
     rng = random.Random(seed)
-    w = World(rng, 0.0, stale_view)
-    for (sku, wh), units in stock.items():
-        w.stock(sku, wh, on_hand=units)
-    w.run()
+    w = stocked(World(rng, 0.0, stale_view), stock)
     w.crash_rate = crash_rate
     docs = [order(i, lines) for i, lines in enumerate(orders)]
     events = [("order", d) for d in docs] + [("cancel", docs[i]) for i in cancels if i < len(docs)]
