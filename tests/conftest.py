@@ -55,8 +55,9 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.slow`` tests (long fault scenarios, the soak) run only with PEAKROUTE_SLOW_TESTS=1."""
-    if os.environ.get("PEAKROUTE_SLOW_TESTS") == "1":
+    """``@pytest.mark.slow`` tests (long fault scenarios, the soak) run only with PEAKROUTE_SLOW_TESTS=1
+    (long forms) or PEAKROUTE_SLOW_TESTS=short (their short forms, e.g. to loop one for a flake)."""
+    if os.environ.get("PEAKROUTE_SLOW_TESTS") in ("1", "short"):
         return
     skip = pytest.mark.skip(reason="slow: set PEAKROUTE_SLOW_TESTS=1 to run")
     for item in items:

@@ -238,12 +238,20 @@ def install_guards(app: faust.App, settings: Any) -> None:
         GUARDS.freeze.tick()
 
     stall = CommitStall(max(60.0, 2 * settings.session_timeout_s))
+    paused_since: list[float] = []  # when the watch last started standing aside (rebalance, recovery)
 
     @app.timer(interval=5.0, on_leader=False)
     async def commit_watch() -> None:
         if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
             stall.reset()
+            if not paused_since:
+                paused_since.append(time.monotonic())
+            elif time.monotonic() - paused_since[0] > stall.limit_s:
+                paused_since[0] = time.monotonic()  # say it again after another limit_s
+                log.warning("commit watch: rebalancing=%s in_recovery=%s for over %.0f s",
+                            getattr(app, "rebalancing", None), getattr(app, "in_recovery", None), stall.limit_s)
             return
+        paused_since.clear()
         try:
             consumer = app.consumer
             # Input topics only: the assignment also holds changelog partitions (table recovery
@@ -253,9 +261,31 @@ def install_guards(app: faust.App, settings: Any) -> None:
         except Exception:  # noqa: BLE001 - not started yet
             return
         stuck = stall.observe(progress)
+        for tp in stall.newly_slow(stall.limit_s / 3):
+            log.warning("commit watch: %s[%s] not committing for %.0f s: %s", tp.topic, tp.partition,
+                        stall.limit_s / 3, offset_diagnosis(app, tp))
         if stuck:
             die("commit-watch", TimeoutError(f"committed offsets not advancing for {stall.limit_s:.0f} s while "
                                              f"messages wait: {sorted(map(str, stuck))[:5]}"))
+
+
+def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
+    """What faust's consumer (and our offset fix) know about one partition: for the log line that
+    precedes a commit-watch exit, so a stall can be diagnosed after the fact."""
+    c = app.consumer
+    acked = list(c._acked.get(tp, ()))  # noqa: SLF001
+    tracker = c.__dict__.get("_peakroute_offsets")
+    unacked = sorted(msg.offset for msg in list(c._unacked_messages) if msg.tp == tp)  # noqa: SLF001
+    return {
+        "read": c._read_offset.get(tp), "committed": c._committed_offset.get(tp),  # noqa: SLF001
+        "acked_n": len(acked), "acked_head": sorted(acked)[:5],
+        "gaps": sorted((iv.begin, iv.end) for iv in c._gap.get(tp, ()))[:5],  # noqa: SLF001
+        "unacked_n": len(unacked), "unacked_head": unacked[:5],
+        "expected": tracker.expected.get(tp) if tracker else None,
+        "rewinding": tracker.rewinding.get(tp) if tracker else None,
+        "active": tp in (c._active_partitions or ()), "paused": tp in c._paused_partitions,  # noqa: SLF001
+        "buffered": tp in getattr(c, "_buffered_partitions", ()), "flow_active": getattr(c, "flow_active", None),
+    }
 
 
 class CommitStall:
@@ -272,14 +302,25 @@ class CommitStall:
         self.limit_s = limit_s
         self._since: dict[Any, tuple[Any, float]] = {}
         self._first_read: dict[Any, int | None] = {}
+        self._reported: set[Any] = set()
+        self._now = 0.0
 
     def reset(self) -> None:
         self._since.clear()
         self._first_read.clear()
+        self._reported.clear()
+
+    def newly_slow(self, after_s: float) -> list[Any]:
+        """Partitions stalled for more than ``after_s`` that were not reported yet (each stall once)."""
+        out = [tp for tp, (_, since) in self._since.items()
+               if self._now - since > after_s and tp not in self._reported]
+        self._reported.update(out)
+        return out
 
     def observe(self, progress: dict[Any, tuple[int | None, int | None]], now: float | None = None) -> list[Any]:
         """``progress``: tp -> (last read offset, committed offset); returns the stalled tps."""
         now = time.monotonic() if now is None else now
+        self._now = now
         stuck = []
         for tp, (read, committed) in progress.items():
             # faust's read offset is the last offset read (just after a seek: the next one), its
@@ -295,6 +336,7 @@ class CommitStall:
             seen = self._since.get(tp)
             if seen is None or seen[0] != committed:
                 self._since[tp] = (committed, now)
+                self._reported.discard(tp)
             elif now - seen[1] > self.limit_s:
                 stuck.append(tp)
         for tp in list(self._since):

@@ -177,3 +177,19 @@ def test_commit_stall_fires_only_when_the_commit_stays_put_while_messages_wait()
     # ... but reading on without ever committing is a stall.
     assert idle.observe({"inv": (45, None)}, now=501) == []
     assert idle.observe({"inv": (45, None)}, now=600) == ["inv"]
+
+
+def test_commit_stall_reports_each_slow_partition_once_before_it_fires() -> None:
+    """The warning with the consumer's offset bookkeeping comes once per stall, well before the exit."""
+    from peakroute.agents.common import CommitStall
+
+    stall = CommitStall(60)
+    stall.observe({"a": (20, 5), "b": (9, 9)}, now=0)
+    assert stall.newly_slow(20) == []
+    stall.observe({"a": (20, 5), "b": (9, 9)}, now=21)
+    assert stall.newly_slow(20) == ["a"]
+    stall.observe({"a": (25, 5)}, now=30)
+    assert stall.newly_slow(20) == []  # said once
+    stall.observe({"a": (25, 6)}, now=31)  # moved: a new stall may be reported again
+    stall.observe({"a": (25, 6)}, now=52)
+    assert stall.newly_slow(20) == ["a"]
