@@ -14,9 +14,19 @@ woken after its partitions moved, a worker joining late).  faust-streaming's con
    C itself was never acked but C+1… were (it tests ``min(acked) - C > 1``, faust-streaming #606).
    One record dropped at the head of a partition is silently committed past.
 
+3. **Drops at the tail.**  A jump is only seen when a later record arrives.  Records dropped
+   between fetch and delivery at the end of what a partition holds (the last records of a burst;
+   ``getmany`` drops a partition's records once it leaves the active set mid-fetch, e.g. because
+   its stream buffer filled) are followed by nothing: the
+   fetch position has moved past them, faust's read offset has not, and the commit waits forever
+   for records nobody will fetch again (seen in the rebalance fault test: lag stuck at 4–31 with
+   no error).  And a record whose delivery was cut short by the flow stopping was counted as read.
+
 The fix, for our own input topics only (never compacted, never written transactionally, so a
 real hole cannot happen there in normal operation): a jump **rewinds** the partition to the first
 missing offset and drops the records fetched past it; the records are then fetched again, in order.
+Between fetches (every second), a partition whose fetch position is past the next offset the loop
+expects is rewound the same way (case 3), and an undelivered record stays the next one expected.
 A hole still there after a few rewinds is real (retention deleted unread data, an operator trimmed
 the topic): it is accepted as faust would, but logged as an error and counted
 (``peakroute_offset_holes_total``).  Every rewind is counted (``peakroute_offset_rewinds_total``).
@@ -31,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -45,6 +56,8 @@ DELIVER, DUPLICATE, REWIND, SKIP, HOLE = "deliver", "duplicate", "rewind", "skip
 MAX_REWINDS = 3
 #: Numbers every fetch of the process (see OffsetTracker).
 _FETCHES = itertools.count(1)
+#: How often, between fetches, the fetch positions are compared with what was delivered.
+OVERRUN_CHECK_S = 1.0
 
 
 @dataclass
@@ -87,6 +100,24 @@ class OffsetTracker:
         self.expected.pop(tp, None)
         self.rewinding.pop(tp, None)
 
+    def undelivered(self, tp: Any, offset: int) -> None:
+        """The record at ``offset`` was decided but never handed to the streams (the flow stopped
+        for a rebalance while it waited): it is the next one expected again."""
+        want = self.expected.get(tp)
+        if want is not None and want > offset:
+            self.expected[tp] = offset
+
+    def overrun(self, tp: Any, position: int | None) -> int | None:
+        """Between fetches: the consumer's fetch ``position`` is past the next offset expected, so
+        records were fetched and dropped before they reached the drain loop (a partition paused
+        or its stream buffer full mid-fetch, the flow stopped).  When nothing follows them in the
+        partition no later record reveals the jump, so this is the only way to notice.  Returns
+        the offset to rewind to, or None."""
+        want = self.expected.get(tp)
+        if want is None or position is None or position <= want:
+            return None
+        return want
+
 
 class ReadOffsets(defaultdict):
     """faust's ``Consumer._read_offset`` map, noting every write made outside the drain loop.
@@ -124,6 +155,17 @@ class ReadOffsets(defaultdict):
 
     def set_read(self, tp: Any, offset: int) -> None:
         dict.__setitem__(self, tp, offset)
+
+
+def fetch_position(kafka_consumer: Any, tp: Any) -> int | None:
+    """The aiokafka consumer's position for ``tp`` (the offset after the last record it handed
+    out), read without a thread hop; None when unknown (not assigned, awaiting a reset)."""
+    try:
+        assignment = kafka_consumer._subscription.subscription.assignment  # noqa: SLF001
+        state = assignment.state_value(tp) if assignment is not None else None
+        return state.position if state is not None and state.has_valid_position else None
+    except Exception:  # noqa: BLE001 - mid-rebalance: unknown
+        return None
 
 
 def installed_faust_version() -> str:
@@ -216,8 +258,33 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                 log.warning("%s[%s]: could not rewind to %d: %r", tp.topic, tp.partition, offset, exc)
                 return False
 
+        async def rewind_overruns() -> None:
+            # Between two fetches every record handed out so far went through this loop; a fetch
+            # position past what was delivered means records were dropped on the way.
+            kafka_consumer = getattr(self._thread, "_consumer", None)
+            if kafka_consumer is None or not self.flow_active:
+                return
+            for tp in list(tracker.expected):
+                if tp in read_offsets.resets:
+                    if read_offsets.resets[tp] is None:
+                        continue
+                    tracker.reset(tp, read_offsets.resets.pop(tp))
+                target = tracker.overrun(tp, fetch_position(kafka_consumer, tp))
+                if target is None:
+                    continue
+                m.OFFSET_REWINDS.labels(tp.topic).inc()
+                log.warning("%s[%s]: the consumer's position is past offset %d, which was never delivered "
+                            "(records dropped between fetch and delivery): rewinding to it",
+                            tp.topic, tp.partition, target)
+                if not await rewind(tp, target):
+                    tracker.forget(tp)
+
+        overrun_check_at = 0.0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if time.monotonic() >= overrun_check_at:
+                    overrun_check_at = time.monotonic() + OVERRUN_CHECK_S
+                    await rewind_overruns()
                 set_flag(flag_consumer_fetching)
                 ait = cast(Any, getmany(timeout=1.0))
                 batch = next(_FETCHES)
@@ -255,8 +322,11 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                            if tp not in read_offsets.resets:  # not reset while the callback ran
+                            delivery = callback(message)
+                            waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                            if delivery not in waited.done:
+                                tracker.undelivered(tp, offset)  # the flow stopped first
+                            elif tp not in read_offsets.resets:  # not reset while the callback ran
                                 read_offsets.set_read(tp, offset)
                             continue
 

@@ -79,6 +79,58 @@ def test_a_seek_resets_the_position_and_any_rewind() -> None:
     assert t.decide(TP, 5, 3) == (DELIVER, None)
 
 
+def test_a_fetch_position_past_the_delivered_records_rewinds_to_the_first_undelivered() -> None:
+    """The last records of a partition fetched and dropped: no later record reveals the jump."""
+    t = OffsetTracker()
+    t.reset(TP, 10)
+    for o in (10, 11):
+        t.decide(TP, o, 1)
+    assert t.overrun(TP, 12) is None  # everything handed out was delivered
+    assert t.overrun(TP, 16) == 12  # 12..15 were handed out and never reached the loop
+    assert t.overrun(TP, None) is None  # position unknown (mid-rebalance)
+    assert t.overrun(("peakroute.orders", 4), 99) is None  # nothing known about that partition
+
+
+def test_a_record_whose_delivery_was_cut_short_is_expected_again() -> None:
+    t = OffsetTracker()
+    t.reset(TP, 10)
+    t.decide(TP, 10, 1)
+    t.decide(TP, 11, 1)
+    t.undelivered(TP, 11)  # the flow stopped while 11 waited for the stream
+    assert t.expected[TP] == 11
+    assert t.overrun(TP, 12) == 11
+    assert t.decide(TP, 11, 2) == (DELIVER, None)
+
+
+@given(st.integers(1, 40), st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=60))
+def test_records_dropped_between_fetch_and_delivery_are_all_delivered_in_the_end(
+        total: int, fetches: list[tuple[int, int]]) -> None:
+    """Model of faust's getmany: each fetch hands out up to ``size`` records from the position and
+    moves the position past all of them, but delivers only the first ``kept`` (the partition left
+    the active set mid-fetch).  Between fetches the overrun check runs.  Whatever the drops, once
+    the drops stop every record 0..total-1 is delivered exactly once, in order."""
+    t = OffsetTracker()
+    t.reset(TP, 0)
+    delivered: list[int] = []
+    position = 0
+    batches = [*fetches, *[(8, 8)] * (total + 2)]  # then the drops stop
+    for batch, (size, kept) in enumerate(batches, start=1):
+        target = t.overrun(TP, position)
+        if target is not None:
+            position = target  # the rewind (a seek)
+        handed = list(range(position, min(position + size, total)))
+        position += len(handed)
+        for offset in handed[:kept]:
+            verdict, target = t.decide(TP, offset, batch)
+            if verdict == DELIVER:
+                delivered.append(offset)
+            elif verdict == REWIND:
+                position = target
+                break
+            assert verdict != HOLE
+    assert delivered == list(range(total))
+
+
 @given(st.lists(st.tuples(st.integers(0, 60), st.booleans()), max_size=80))
 def test_every_offset_is_delivered_in_order_whatever_the_fetches(fetches: list[tuple[int, bool]]) -> None:
     """Model: a consumer whose fetches sometimes start at a wrong (later) position; after a
