@@ -32,7 +32,7 @@ from ..domain.network import load_network
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
-from .outbox import Outbox
+from .outbox import Outbox, carry_changelogs
 from .topics import DLQ, INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES
 
 
@@ -87,8 +87,9 @@ def build_app(settings: Settings) -> faust.App:
     views = RedisViews(settings.redis_url)
     breakers = BreakerStore(settings.redis_url)
     breaker_cfg = settings.breaker_config()
-    # Each batch's outgoing messages go through librdkafka; faust's producer keeps the changelogs.
+    # Each batch's outgoing messages, and the tables' changelog records, go through librdkafka.
     outbox = Outbox(settings.kafka_bootstrap)
+    tables: list[faust.TableT] = []
 
     def topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
@@ -96,7 +97,9 @@ def build_app(settings: Settings) -> faust.App:
     def table(name: str, help: str) -> faust.TableT:
         assert name in TABLES, "declare every table in topics.TABLES (its changelog is created up front)"
         schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
-        return app.Table(name, default=None, partitions=n, schema=schema, help=help)
+        t = app.Table(name, default=None, partitions=n, schema=schema, help=help)
+        tables.append(t)
+        return t
 
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
@@ -120,6 +123,7 @@ def build_app(settings: Settings) -> faust.App:
     levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,
                    holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox)
+    carry_changelogs(app, outbox, tables)
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,

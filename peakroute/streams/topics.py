@@ -36,15 +36,14 @@ def raw_topic(channel: str) -> str:
 RAW_TOPICS: tuple[str, ...] = tuple(raw_topic(ch) for ch in CHANNELS)
 
 
-def topic_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821 - imported lazily
+def topic_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821 - imported lazily
     """Every topic the project creates up front, with its partition count.
 
     All stream topics share one partition count so that faust can co-partition its tables with
     them (a table partition lives on the worker that owns the same source partition).
     """
-    from ..stack import TopicSpec
-
     from ..domain.network import load_network
+    from ..stack import TopicSpec
 
     n = settings.partitions
     specs = [TopicSpec(t, n) for t in RAW_TOPICS]
@@ -63,7 +62,7 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
-def changelog_specs(settings: Settings) -> list["TopicSpec"]:  # noqa: F821
+def changelog_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821
     """The tables' changelog topics, compacted, co-partitioned with the stream topics.
 
     Created before a worker starts: a worker that found them missing would refuse every table
