@@ -256,7 +256,7 @@ def install_guards(app: faust.App, settings: Any) -> None:
             consumer = app.consumer
             # Input topics only: the assignment also holds changelog partitions (table recovery
             # and standbys), which the group never commits.
-            progress = {tp: (consumer._read_offset.get(tp), consumer._committed_offset.get(tp))  # noqa: SLF001
+            progress = {tp: (read_so_far(consumer, tp), consumer._committed_offset.get(tp))  # noqa: SLF001
                         for tp in consumer.assignment() if tp.topic in inputs}
         except Exception:  # noqa: BLE001 - not started yet
             return
@@ -269,6 +269,18 @@ def install_guards(app: faust.App, settings: Any) -> None:
                                              f"messages wait: {sorted(map(str, stuck))[:5]}"))
 
 
+def read_so_far(consumer: Any, tp: Any) -> int | None:
+    """How far a partition has been read: faust's read offset, or the fetch position when that is
+    further (records handed out by the Kafka client but dropped before faust read them must count
+    as waiting too, or a stall behind them goes unnoticed)."""
+    from ..streams.consumer_fix import fetch_position
+
+    kafka_consumer = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    seen = [consumer._read_offset.get(tp), fetch_position(kafka_consumer, tp) if kafka_consumer else None]  # noqa: SLF001
+    known = [v for v in seen if v is not None]
+    return max(known) if known else None
+
+
 def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
     """What faust's consumer (and our offset fix) know about one partition: for the log line that
     precedes a commit-watch exit, so a stall can be diagnosed after the fact."""
@@ -278,6 +290,7 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
     unacked = sorted(msg.offset for msg in list(c._unacked_messages) if msg.tp == tp)  # noqa: SLF001
     return {
         "read": c._read_offset.get(tp), "committed": c._committed_offset.get(tp),  # noqa: SLF001
+        "position": read_so_far(c, tp),
         "acked_n": len(acked), "acked_head": sorted(acked)[:5],
         "gaps": sorted((iv.begin, iv.end) for iv in c._gap.get(tp, ()))[:5],  # noqa: SLF001
         "unacked_n": len(unacked), "unacked_head": unacked[:5],
