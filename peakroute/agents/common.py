@@ -256,7 +256,7 @@ def install_guards(app: faust.App, settings: Any) -> None:
             consumer = app.consumer
             # Input topics only: the assignment also holds changelog partitions (table recovery
             # and standbys), which the group never commits.
-            progress = {tp: (read_so_far(consumer, tp), consumer._committed_offset.get(tp))  # noqa: SLF001
+            progress = {tp: (waiting_offset(consumer, tp), consumer._committed_offset.get(tp))  # noqa: SLF001
                         for tp in consumer.assignment() if tp.topic in inputs}
         except Exception:  # noqa: BLE001 - not started yet
             return
@@ -281,6 +281,22 @@ def read_so_far(consumer: Any, tp: Any) -> int | None:
     return max(known) if known else None
 
 
+def high_watermark(consumer: Any, tp: Any) -> int | None:
+    """The partition's end offset as last seen by the Kafka client (None if never fetched)."""
+    try:
+        return consumer._thread._consumer.highwater(tp)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - not started, not assigned
+        return None
+
+
+def waiting_offset(consumer: Any, tp: Any) -> int | None:
+    """How far messages wait in a partition: what has been read, or the end of the partition when
+    that is further.  Records that were never fetched at all (a partition left out of the fetches)
+    wait too: the commit watch must see a commit that stands still below the partition's end."""
+    known = [v for v in (read_so_far(consumer, tp), high_watermark(consumer, tp)) if v is not None]
+    return max(known) if known else None
+
+
 def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
     """What faust's consumer (and our offset fix) know about one partition: for the log line that
     precedes a commit-watch exit, so a stall can be diagnosed after the fact."""
@@ -290,7 +306,8 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
     unacked = sorted(msg.offset for msg in list(c._unacked_messages) if msg.tp == tp)  # noqa: SLF001
     return {
         "read": c._read_offset.get(tp), "committed": c._committed_offset.get(tp),  # noqa: SLF001
-        "position": read_so_far(c, tp),
+        "position": read_so_far(c, tp), "highwater": high_watermark(c, tp),
+        "kafka_paused": tp in _kafka_paused(c),
         "acked_n": len(acked), "acked_head": sorted(acked)[:5],
         "gaps": sorted((iv.begin, iv.end) for iv in c._gap.get(tp, ()))[:5],  # noqa: SLF001
         "unacked_n": len(unacked), "unacked_head": unacked[:5],
@@ -299,6 +316,13 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
         "active": tp in (c._active_partitions or ()), "paused": tp in c._paused_partitions,  # noqa: SLF001
         "buffered": tp in getattr(c, "_buffered_partitions", ()), "flow_active": getattr(c, "flow_active", None),
     }
+
+
+def _kafka_paused(consumer: Any) -> set[Any]:
+    try:
+        return set(consumer._thread._consumer.paused())  # noqa: SLF001
+    except Exception:  # noqa: BLE001
+        return set()
 
 
 class CommitStall:
