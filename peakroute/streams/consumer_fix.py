@@ -157,6 +157,25 @@ class ReadOffsets(defaultdict):
         dict.__setitem__(self, tp, offset)
 
 
+def overruns(tracker: OffsetTracker, resets: dict[Any, int | None], input_topics: frozenset[str],
+             position: Any) -> list[tuple[Any, int]]:
+    """Input partitions whose fetch position (``position(tp)``) is past the next offset expected:
+    (tp, offset to rewind to).  A partition sought since its last delivered record (``resets``,
+    e.g. a fresh worker's seek to the committed offset) is judged from that seek — records
+    dropped before the first one ever reached the loop count too."""
+    tps = set(tracker.expected) | {tp for tp in resets if tp.topic in input_topics}
+    out = []
+    for tp in tps:
+        if tp in resets:
+            if resets[tp] is None:
+                continue  # position unknown (revoked, or sought to the start)
+            tracker.reset(tp, resets.pop(tp))
+        target = tracker.overrun(tp, position(tp))
+        if target is not None:
+            out.append((tp, target))
+    return out
+
+
 def fetch_position(kafka_consumer: Any, tp: Any) -> int | None:
     """The aiokafka consumer's position for ``tp`` (the offset after the last record it handed
     out), read without a thread hop; None when unknown (not assigned, awaiting a reset)."""
@@ -264,14 +283,8 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
             kafka_consumer = getattr(self._thread, "_consumer", None)
             if kafka_consumer is None or not self.flow_active:
                 return
-            for tp in list(tracker.expected):
-                if tp in read_offsets.resets:
-                    if read_offsets.resets[tp] is None:
-                        continue
-                    tracker.reset(tp, read_offsets.resets.pop(tp))
-                target = tracker.overrun(tp, fetch_position(kafka_consumer, tp))
-                if target is None:
-                    continue
+            for tp, target in overruns(tracker, read_offsets.resets, input_topics,
+                                       lambda tp: fetch_position(kafka_consumer, tp)):
                 m.OFFSET_REWINDS.labels(tp.topic).inc()
                 log.warning("%s[%s]: the consumer's position is past offset %d, which was never delivered "
                             "(records dropped between fetch and delivery): rewinding to it",

@@ -91,6 +91,26 @@ def test_a_fetch_position_past_the_delivered_records_rewinds_to_the_first_undeli
     assert t.overrun(("peakroute.orders", 4), 99) is None  # nothing known about that partition
 
 
+def test_records_dropped_before_the_first_delivery_after_a_seek_are_noticed() -> None:
+    """A fresh worker sought to the committed offset 40; the one record left (40) was handed out
+    and dropped, and nothing follows it: only the pending seek knows where delivery should start."""
+    from typing import NamedTuple
+
+    from peakroute.streams.consumer_fix import overruns
+
+    class Tp(NamedTuple):
+        topic: str
+        partition: int
+
+    raw, changelog, revoked = Tp("peakroute.raw.wxmini", 3), Tp("app-order-state-changelog", 3), Tp("peakroute.orders", 1)
+    t = OffsetTracker()
+    resets = {raw: 40, changelog: 7, revoked: None}
+    positions = {raw: 41, changelog: 99, revoked: 5}
+    assert overruns(t, resets, frozenset({"peakroute.raw.wxmini", "peakroute.orders"}), positions.get) == [(raw, 40)]
+    assert resets == {changelog: 7, revoked: None}  # the seek was taken over; the rest is left alone
+    assert t.expected[raw] == 40
+
+
 def test_a_record_whose_delivery_was_cut_short_is_expected_again() -> None:
     t = OffsetTracker()
     t.reset(TP, 10)
