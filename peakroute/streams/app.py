@@ -77,10 +77,11 @@ def build_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    # faust's own monitor (events, commits, lag per partition…) on the same /metrics as ours.
-    from faust.sensors.prometheus import setup_prometheus_sensors
+    # faust's own monitor (commits, rebalances, offsets per partition) on the same /metrics as
+    # ours, without its per-message bookkeeping (metrics/faust_monitor.py).
+    from ..metrics import faust_monitor
 
-    setup_prometheus_sensors(app, name_prefix="faust")
+    faust_monitor.install(app)
     n = settings.partitions
     catalog = load_catalog(settings.catalog_file or None)
     network = load_network(settings.network_file or None)
