@@ -31,6 +31,12 @@ def make_table() -> tuple[faust.App, Any]:
 
 
 def test_changelog_records_are_what_faust_would_send_and_commit_waits_for_them() -> None:
+    # In the worker this runs inside its event loop (faust's FutureMessage is an asyncio future);
+    # the test brings its own loop rather than rely on one left behind by an earlier test.
+    asyncio.run(changelog_records_go_through_the_outbox())
+
+
+async def changelog_records_go_through_the_outbox() -> None:
     app, table = make_table()
     faust_would = table.changelog_topic.as_future_message(
         key="tmall:1", value={"status": "routed"}, partition=3,
@@ -47,5 +53,5 @@ def test_changelog_records_are_what_faust_would_send_and_commit_waits_for_them()
         ("t-outbox-order-state-changelog", b'"tmall:1"', None, 5),
     ]
     # faust's commit awaits producer.flush() before committing offsets: it must wait for the outbox.
-    asyncio.run(app.producer.flush())
+    await app.producer.flush()
     assert outbox.flushes == 1
