@@ -21,6 +21,7 @@ Every stream topic has the same partition count, so faust co-partitions each tab
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import faust
 
@@ -30,6 +31,7 @@ from ..domain.catalog import load_catalog
 from ..domain.fulfillment import Watchlist
 from ..domain.network import load_network
 from ..tables.breaker_store import BreakerStore
+from ..tables.packed import PackedTable
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
 from .outbox import Outbox, carry_changelogs
@@ -90,25 +92,30 @@ def build_app(settings: Settings) -> faust.App:
     breaker_cfg = settings.breaker_config()
     # Each batch's outgoing messages, and the tables' changelog records, go through librdkafka.
     outbox = Outbox(settings.kafka_bootstrap)
-    tables: list[faust.TableT] = []
+    tables: list[Any] = []
 
     def topic(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
 
-    def table(name: str, help: str) -> faust.TableT:
+    def table(name: str, help: str, packed: bool = False) -> Any:
+        """``packed``: values kept in memory as JSON bytes (tables/packed.py) — for the per-order
+        tables, which grow with the day's orders."""
         assert name in TABLES, "declare every table in topics.TABLES (its changelog is created up front)"
         schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
-        t = app.Table(name, default=None, partitions=n, schema=schema, help=help)
+        # faust picks a table's serializers from its key/value *types* (json unless bytes), not
+        # from the schema: value_type=bytes is what makes the packed tables' values raw bytes.
+        t = app.Table(name, default=None, partitions=n, schema=schema, value_type=bytes if packed else None,
+                      help=help)
         tables.append(t)
-        return t
+        return PackedTable(t) if packed else t
 
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
 
     normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
-                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)"),
+                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)", packed=True),
                        outbox=outbox)
-    order_state = table("order-state", "order_id -> routing state")
+    order_state = table("order-state", "order_id -> routing state", packed=True)
     # In-flight orders the timers watch (rebuilt by one scan of order-state after each rebalance).
     watch = Watchlist()
 

@@ -1,0 +1,71 @@
+"""A faust table whose values live in memory as orjson bytes, decoded on each read.
+
+Why: faust's ``memory://`` store keeps every value as the Python object it was given.  An order's
+routing state (the canonical order, its plan, holds and replies) is a tree of small dicts, lists
+and strings: about 6.5 KB of worker RSS per order in the 10-minute soak, against 2.2 KB as JSON.
+Kept as bytes it costs the JSON plus one object header; decoding it again (orjson, a few µs for
+2 KB) happens only when the order is touched.  The changelog records are the same bytes, so the
+table reads changelogs written before this change unchanged (faust wrote them as JSON too).
+
+The faust table must be created with ``value_type=bytes``: faust derives a table's serializers from
+its key and value types (``raw`` for bytes, else ``json``), not from a schema.
+
+A packed value is a snapshot: changing a dict returned by :meth:`get` does not change the table
+until it is written back — which is also the only way the change reaches the changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from ..streams.codecs import dumps
+
+_MISSING = object()
+
+
+class PackedTable:
+    """The mapping interface the agents use (``get``, ``[]``, ``in``, ``items``, ``del``) over a
+    faust table created with ``value_serializer="raw"``; anything else goes to the faust table."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raw = self.table.get(key)
+        return default if raw is None else orjson.loads(raw)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.table[key] = dumps(value)
+
+    def __delitem__(self, key: Any) -> None:
+        del self.table[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.table)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        for key, raw in list(self.table.items()):
+            if raw is not None:
+                yield key, orjson.loads(raw)
+
+    def values(self) -> Iterator[Any]:
+        for _, value in self.items():
+            yield value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
