@@ -262,8 +262,12 @@ def install_guards(app: faust.App, settings: Any) -> None:
             return
         stuck = stall.observe(progress)
         for tp in stall.newly_slow(stall.limit_s / 3):
+            try:
+                diagnosis: Any = offset_diagnosis(app, tp)
+            except Exception as exc:  # noqa: BLE001 - a diagnosis must never crash the worker (a timer's
+                diagnosis = repr(exc)  # exception stops the faust app)
             log.warning("commit watch: %s[%s] not committing for %.0f s: %s", tp.topic, tp.partition,
-                        stall.limit_s / 3, offset_diagnosis(app, tp))
+                        stall.limit_s / 3, diagnosis)
         if stuck:
             die("commit-watch", TimeoutError(f"committed offsets not advancing for {stall.limit_s:.0f} s while "
                                              f"messages wait: {sorted(map(str, stuck))[:5]}"))
