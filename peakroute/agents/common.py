@@ -273,45 +273,44 @@ def install_guards(app: faust.App, settings: Any) -> None:
                                              f"messages wait: {sorted(map(str, stuck))[:5]}"))
 
 
-def read_so_far(consumer: Any, tp: Any) -> int | None:
-    """How far a partition has been read: faust's read offset, or the fetch position when that is
-    further (records handed out by the Kafka client but dropped before faust read them must count
-    as waiting too, or a stall behind them goes unnoticed)."""
-    from ..streams.consumer_fix import fetch_position
-
-    kafka_consumer = getattr(getattr(consumer, "_thread", None), "_consumer", None)
-    seen = [consumer._read_offset.get(tp), fetch_position(kafka_consumer, tp) if kafka_consumer else None]  # noqa: SLF001
-    known = [v for v in seen if v is not None]
-    return max(known) if known else None
-
-
 def high_watermark(consumer: Any, tp: Any) -> int | None:
     """The partition's end offset as last seen by the Kafka client (None if never fetched)."""
+    from ..streams.consumer_fix import kafka_client
+
     try:
-        return consumer._thread._consumer.highwater(tp)  # noqa: SLF001
+        return kafka_client(consumer).highwater(tp)
     except Exception:  # noqa: BLE001 - not started, not assigned
         return None
 
 
 def waiting_offset(consumer: Any, tp: Any) -> int | None:
-    """How far messages wait in a partition: what has been read, or the end of the partition when
-    that is further.  Records that were never fetched at all (a partition left out of the fetches)
-    wait too: the commit watch must see a commit that stands still below the partition's end."""
-    known = [v for v in (read_so_far(consumer, tp), high_watermark(consumer, tp)) if v is not None]
+    """How far messages wait in a partition: the furthest of faust's read offset, the Kafka
+    client's fetch position (records handed out but dropped before faust read them) and the
+    partition's end (records never fetched at all).  The commit watch must see a commit that stands
+    still below any of them, or a stall behind such records goes unnoticed."""
+    from ..streams.consumer_fix import fetch_position, kafka_client
+
+    client = kafka_client(consumer)
+    seen = (consumer._read_offset.get(tp), fetch_position(client, tp) if client else None,  # noqa: SLF001
+            high_watermark(consumer, tp))
+    known = [v for v in seen if v is not None]
     return max(known) if known else None
 
 
 def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
     """What faust's consumer (and our offset fix) know about one partition: for the log line that
     precedes a commit-watch exit, so a stall can be diagnosed after the fact."""
+    from ..streams.consumer_fix import fetch_position, kafka_client
+
     c = app.consumer
+    client = kafka_client(c)
     acked = list(c._acked.get(tp, ()))  # noqa: SLF001
     tracker = c.__dict__.get("_peakroute_offsets")
     unacked = sorted(msg.offset for msg in list(c._unacked_messages) if msg.tp == tp)  # noqa: SLF001
     return {
         "read": c._read_offset.get(tp), "committed": c._committed_offset.get(tp),  # noqa: SLF001
-        "position": read_so_far(c, tp), "highwater": high_watermark(c, tp),
-        "kafka_paused": tp in _kafka_paused(c),
+        "position": fetch_position(client, tp) if client else None, "highwater": high_watermark(c, tp),
+        "kafka_paused": tp in (client.paused() if client else ()),
         "acked_n": len(acked), "acked_head": sorted(acked)[:5],
         "gaps": sorted((iv.begin, iv.end) for iv in c._gap.get(tp, ()))[:5],  # noqa: SLF001
         "unacked_n": len(unacked), "unacked_head": unacked[:5],
@@ -320,13 +319,6 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
         "active": tp in (c._active_partitions or ()), "paused": tp in c._paused_partitions,  # noqa: SLF001
         "buffered": tp in getattr(c, "_buffered_partitions", ()), "flow_active": getattr(c, "flow_active", None),
     }
-
-
-def _kafka_paused(consumer: Any) -> set[Any]:
-    try:
-        return set(consumer._thread._consumer.paused())  # noqa: SLF001
-    except Exception:  # noqa: BLE001
-        return set()
 
 
 class CommitStall:

@@ -176,6 +176,11 @@ def overruns(tracker: OffsetTracker, resets: dict[Any, int | None], input_topics
     return out
 
 
+def kafka_client(consumer: Any) -> Any:
+    """The aiokafka consumer inside faust's consumer thread (None before it started)."""
+    return getattr(getattr(consumer, "_thread", None), "_consumer", None)
+
+
 def fetch_position(kafka_consumer: Any, tp: Any) -> int | None:
     """The aiokafka consumer's position for ``tp`` (the offset after the last record it handed
     out), read without a thread hop; None when unknown (not assigned, awaiting a reset)."""
@@ -280,7 +285,7 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
         async def rewind_overruns() -> None:
             # Between two fetches every record handed out so far went through this loop; a fetch
             # position past what was delivered means records were dropped on the way.
-            kafka_consumer = getattr(self._thread, "_consumer", None)
+            kafka_consumer = kafka_client(self)
             if kafka_consumer is None or not self.flow_active:
                 return
             for tp, target in overruns(tracker, read_offsets.resets, input_topics,
