@@ -551,9 +551,16 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     n = len(rss)
     first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
     last = sum(rss[-max(1, n // 10):]) / max(1, n // 10)
+    # A bounded cache (RocksDB's) fills first and then stays: the second half shows the trend.
+    half = rss[n // 2: n // 2 + max(1, n // 10)]
+    middle = sum(half) / max(1, len(half))
     return {"rate": rate, "minutes": args.soak_min, "step": asdict(step), "rss_samples": samples,
-            "rss_first_10pct_mb": round(first, 1), "rss_last_10pct_mb": round(last, 1),
+            "rss_first_10pct_mb": round(first, 1), "rss_middle_mb": round(middle, 1),
+            "rss_last_10pct_mb": round(last, 1),
             "rss_growth_mb_per_100k_orders": round((last - first) / max(1, step.new_orders) * 1e5, 1),
+            "rss_second_half_growth_mb_per_100k_orders":
+                round((last - middle) / max(1, step.new_orders / 2) * 1e5, 1),
+            "rss_by_minute_mb": [round(r) for r in rss[::6]],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1)}
 
 
@@ -574,7 +581,8 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
              f"Machine: {meta['cores']} cores, {meta['ram_gib']} GiB, load {meta['load_1m_at_start']:.2f} at start; "
              f"Python {meta['python']}, faust-streaming {meta['faust']}, confluent-kafka {meta['confluent_kafka']} "
              f"(librdkafka {meta['librdkafka']}), Kafka {meta['kafka']} (one broker, same cores), "
-             f"{meta['partitions']} partitions, step {args.step_s:g} s, grace {args.grace:g} s.", ""]
+             f"{meta['partitions']} partitions, tables in {meta.get('table_store', 'memory')}, "
+             f"step {args.step_s:g} s, grace {args.grace:g} s.", ""]
     ceil = None
     for extra in (e for _, e in runs.values()):
         ceil = extra.get("ceiling_msgs_s") or ceil
@@ -607,7 +615,10 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
             s = extra["soak"]
             lines.append(f"- **soak** ({name}): {s['rate']:.0f} orders/s for {s['minutes']} min: RSS "
                          f"{s['rss_first_10pct_mb']} MB (first 10%) → {s['rss_last_10pct_mb']} MB (last 10%), "
-                         f"{s['rss_growth_mb_per_100k_orders']} MB per 100k orders; changelog "
+                         f"{s['rss_growth_mb_per_100k_orders']} MB per 100k orders (second half: "
+                         f"{s.get('rss_middle_mb')} → {s['rss_last_10pct_mb']} MB, "
+                         f"{s.get('rss_second_half_growth_mb_per_100k_orders')} MB per 100k orders; by minute "
+                         f"{s.get('rss_by_minute_mb')}); changelog "
                          f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms, "
                          f"sustained: {s['step']['sustained']}")
     return "\n".join(lines) + "\n"
@@ -643,6 +654,7 @@ def main() -> None:
     meta = machine()
     meta["command"] = "python benchmarks/loadtest.py " + " ".join(sys.argv[1:])
     meta["partitions"] = Settings.from_env().partitions
+    meta["table_store"] = Settings.from_env().table_store
     runs: dict[str, tuple[list[Step], dict[str, Any]]] = {}
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="peakroute-bench-") as tmpdir:

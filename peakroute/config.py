@@ -98,6 +98,14 @@ class Settings:
     #: Worker event loop: ``uvloop`` (libuv; a faster asyncio loop for faust's many small
     #: callbacks — see benchmarks/RESULTS.md) or ``asyncio`` (the standard library's).
     event_loop: str = "uvloop"
+    #: Where faust keeps the tables: ``rocksdb`` (local RocksDB files under ``state_dir``, memory
+    #: bounded however many orders the day brings) or ``memory`` (the Python heap: grows with
+    #: every order).  Either way a worker restores its tables from the changelogs at start
+    #: (peakroute/tables/store.py).
+    table_store: str = "rocksdb"
+    #: With ``table_store=rocksdb``: MB of memory for all of a worker's table databases together
+    #: (one block cache; memtables are charged to it).
+    table_memory_mb: int = 64
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)

@@ -43,8 +43,8 @@ def broker_urls(bootstrap: str) -> list[str]:
 
 
 def faust_datadir(settings: Settings) -> str:
-    """faust's data directory (its own bookkeeping; tables are in memory): under the state dir,
-    not ``<app_id>-data`` in whatever directory the worker was started from."""
+    """faust's data directory (its bookkeeping; the tables too with PEAKROUTE_TABLE_STORE=rocksdb):
+    under the state dir, not ``<app_id>-data`` in whatever directory the worker was started from."""
     from pathlib import Path
 
     path = Path(settings.state_dir).expanduser() / "faust" / f"{settings.app_id}-data"
@@ -54,11 +54,25 @@ def faust_datadir(settings: Settings) -> str:
 
 def build_app(settings: Settings) -> faust.App:
     """A faust app with every topic, table and agent of the pipeline."""
+    store_kwargs: dict[str, Any] = {"store": "memory://"}
+    table_options: dict[str, Any] | None = None
+    if settings.table_store == "rocksdb":
+        from pathlib import Path
+
+        from ..tables import store as rocks
+
+        rocks.register()
+        rocks.BoundedOptions.budget_mb = settings.table_memory_mb
+        store_kwargs = {"store": rocks.STORE_URL,
+                        "tabledir": str(rocks.worker_tabledir(Path(faust_datadir(settings)) / "tables"))}
+        table_options = rocks.ROCKSDB_OPTIONS
+    elif settings.table_store != "memory":
+        raise ValueError(f"PEAKROUTE_TABLE_STORE must be rocksdb or memory, not {settings.table_store!r}")
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
-        store="memory://",
         datadir=faust_datadir(settings),
+        **store_kwargs,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         processing_guarantee="at_least_once",
@@ -98,14 +112,14 @@ def build_app(settings: Settings) -> faust.App:
         return app.topic(*names, key_type=bytes, value_type=bytes, partitions=n)
 
     def table(name: str, help: str, packed: bool = False) -> Any:
-        """``packed``: values kept in memory as JSON bytes (tables/packed.py) — for the per-order
+        """``packed``: values kept as JSON bytes (tables/packed.py) — for the per-order
         tables, which grow with the day's orders."""
         assert name in TABLES, "declare every table in topics.TABLES (its changelog is created up front)"
         schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
         # faust picks a table's serializers from its key/value *types* (json unless bytes), not
         # from the schema: value_type=bytes is what makes the packed tables' values raw bytes.
         t = app.Table(name, default=None, partitions=n, schema=schema, value_type=bytes if packed else None,
-                      help=help)
+                      help=help, options=dict(table_options) if table_options else None)
         tables.append(t)
         return PackedTable(t) if packed else t
 

@@ -28,6 +28,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "PEAKROUTE_STATE_DIR": settings.state_dir,
         "PEAKROUTE_PARTITIONS": str(settings.partitions),
         "PEAKROUTE_APP_ID": settings.app_id,
+        "PEAKROUTE_TABLE_STORE": settings.table_store,
         "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     })
     for ch, secret in settings.webhook_secrets.items():

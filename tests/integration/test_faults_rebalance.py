@@ -40,6 +40,11 @@ def test_scale_1_to_3_to_1_workers_under_load(tmp_path: Path) -> None:
 
 
 def wipe_and_restart(sc, w) -> None:  # noqa: ANN001
+    """kill -9 one worker and wipe its local table state, then start it again.
+
+    ``memory://``: the worker keeps no table files (asserted).  RocksDB: each worker process has its
+    own table directory (tables/worker-<pid>); only the killed worker's is wiped — the others' are
+    live.  Either way the restarted worker must rebuild every table from the changelogs."""
     import shutil
 
     from pathlib import Path
@@ -47,20 +52,27 @@ def wipe_and_restart(sc, w) -> None:  # noqa: ANN001
     from peakroute.streams.app import faust_datadir
 
     datadir = Path(faust_datadir(sc.settings))
+    pid = w.pid
     w.stop(signal.SIGKILL)
-    files = [p for p in datadir.rglob("*") if p.is_file()] if datadir.exists() else []
-    assert not files, f"a memory:// store left files on disk: {files[:5]}"
-    shutil.rmtree(datadir, ignore_errors=True)
+    if sc.settings.table_store == "memory":
+        files = [p for p in datadir.rglob("*") if p.is_file()] if datadir.exists() else []
+        assert not files, f"a memory:// store left files on disk: {files[:5]}"
+        shutil.rmtree(datadir, ignore_errors=True)
+    else:
+        own = datadir / "tables" / f"worker-{pid}"
+        # (empty if the worker was killed before its first assignment)
+        files = [p for p in own.rglob("*") if p.is_file()]
+        shutil.rmtree(own, ignore_errors=True)
     w.start()
-    sc.note(f"worker {w.name} killed (SIGKILL), data dir wiped ({len(files)} table files in it), restarted")
+    sc.note(f"worker {w.name} killed (SIGKILL), its table state wiped ({len(files)} files), restarted")
 
 
 @pytest.mark.slow
 def test_worker_local_state_wiped_is_rebuilt_from_the_changelog(tmp_path: Path) -> None:
-    """Scenario 6, long form (the short form ends the rebalance test): tables use faust's
-    ``memory://`` store, so a worker keeps no table state on disk (its data dir holds no table
-    files) and every start rebuilds its tables from the changelog topics.  Wipe it anyway, worker
-    after worker, under load, so every table partition is rebuilt several times."""
+    """Scenario 6, long form (the short form ends the rebalance test): every worker start rebuilds
+    its tables from the changelog topics (RocksDB: into a fresh directory of its own; memory://:
+    no table files at all).  Wipe the killed worker's local state anyway, worker after worker,
+    under load, so every table partition is rebuilt several times."""
     with scenario("wipe", tmp_path, workers=2) as sc:
         load = Load(sc.settings, rate=80, duration_s=90, seed=13)
         for n in range(6):

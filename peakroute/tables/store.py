@@ -1,0 +1,166 @@
+"""Table storage on local RocksDB (``PEAKROUTE_TABLE_STORE=rocksdb``): per-order state off the heap.
+
+Why: with faust's ``memory://`` store every order ever seen stays in the worker's heap (the order
+state, its dedup version, its reservations), so RSS grows with the day's orders — about 3 KB per
+order even with packed values (benchmarks/RESULTS.md).  RocksDB keeps them on disk behind bounded
+memtables and a bounded block cache.
+
+Two deliberate departures from faust's own RocksDB store:
+
+* **Reads find a key on whichever assigned partition holds it.**  faust looks a key up only in the
+  partition of the *current event*.  Our batch agents read keys of a whole batch — many
+  partitions — while the current event is whichever one faust delivered last; faust's rule would
+  answer "no such order" for an order that exists, and the order would be processed twice.  The
+  event's partition is tried first; the others are asked only on a miss, through their bloom
+  filters (a few µs).  A key lives on one partition only (its partition follows from its key), so
+  the first hit is the only one.
+* **Every worker start begins from an empty store and restores from the changelog**, exactly as
+  with ``memory://``.  Our changelog records are produced by the outbox (streams/outbox.py), and a
+  table write can reach the local RocksDB before its changelog record is acknowledged: after a
+  kill -9 the local files could be *ahead* of Kafka, and a re-read batch would then skip a change
+  (a reservation, say) that the changelog never got — a later owner of the partition would not
+  know it.  The changelog is the one source of truth; the local files are a cache of it for one
+  process's lifetime.  Each worker process has its own directory (RocksDB locks its files;
+  several workers may share a state dir), and the next worker start removes the directories of
+  processes that are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from faust.stores import rocksdb as faust_rocksdb
+from faust.streams import current_event
+
+log = logging.getLogger(__name__)
+
+STORE_URL = "peakroute-rocksdb://"
+
+#: Per partition database (4 tables x N partitions of them).  Their memory is bounded together,
+#: by :func:`memory_budget`, not per database.
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024 * 1024,
+    "max_open_files": 256,
+    "driver": "rocksdict",
+}
+
+_budget: dict[str, Any] = {}
+
+
+def memory_budget(mb: int) -> tuple[Any, Any]:
+    """One block cache for every table database of the process, with the memtables charged to it.
+
+    Why: faust gives each database its own cache (2 GiB by default) and its own memtables; with
+    4 tables x 6 partitions (more with standbys) a worker's RocksDB memory would be 24 times
+    anything set per database.  One LRU cache of ``mb`` plus a write-buffer manager that counts
+    memtables against it caps memtables + cached blocks + index/filter blocks under one number."""
+    if _budget.get("mb") != mb:
+        import rocksdict
+
+        cache = rocksdict.Cache(mb * 1024 * 1024)
+        manager = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(mb * 1024 * 1024 // 2, False, cache)
+        _budget.update(mb=mb, cache=cache, manager=manager)
+    return _budget["cache"], _budget["manager"]
+
+
+class BoundedOptions(faust_rocksdb.RocksDBOptions):
+    """faust's options for one database, sharing the process's cache and write-buffer budget."""
+
+    budget_mb = 64
+
+    def as_options(self) -> Any:
+        import rocksdict
+
+        cache, manager = memory_budget(self.budget_mb)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_write_buffer_manager(manager)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_block_cache(cache)
+        table.set_cache_index_and_filter_blocks(True)  # counted in the budget, not beside it
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+class Store(faust_rocksdb.Store):
+    """faust's RocksDB store, reading a key from whichever assigned partition holds it, with every
+    database of the process under one memory budget (:func:`memory_budget`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        o = self.rocksdb_options
+        self.rocksdb_options = BoundedOptions(
+            max_open_files=o.max_open_files, write_buffer_size=o.write_buffer_size,
+            max_write_buffer_number=o.max_write_buffer_number, target_file_size_base=o.target_file_size_base,
+            bloom_filter_size=o.bloom_filter_size, use_rocksdict=True)
+
+    def _lookup(self, key: bytes) -> bytes | None:
+        event = current_event()
+        first = event.message.partition if event is not None else self._key_index.get(key)
+        dbs = self._dbs
+        if first is not None and first in dbs:
+            value = dbs[first].get(key)
+            if value is not None:
+                return value
+        for partition, db in list(dbs.items()):
+            if partition == first or not db.key_may_exist(key):
+                continue
+            value = db.get(key)
+            if value is not None:
+                self._key_index[key] = partition
+                return value
+        return None
+
+    def _get(self, key: bytes) -> bytes | None:
+        return self._lookup(key)
+
+    def _contains(self, key: bytes) -> bool:
+        return self._lookup(key) is not None
+
+
+def register() -> None:
+    """Make ``peakroute-rocksdb://`` a faust store URL."""
+    from faust.stores import STORES
+
+    STORES.data.setdefault(STORE_URL.split(":", 1)[0], f"{__name__}:Store")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_tabledir(root: Path, pid: int | None = None) -> Path:
+    """This process's own, empty table directory under ``root``; removes those of dead processes.
+
+    See the module docstring: a worker always restores its tables from the changelogs."""
+    pid = os.getpid() if pid is None else pid
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("worker-*"):
+        try:
+            other = int(old.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if other == pid or not _alive(other):
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed table files of a finished worker process: %s", old)
+    mine = root / f"worker-{pid}"
+    mine.mkdir()
+    return mine

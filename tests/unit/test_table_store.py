@@ -1,0 +1,101 @@
+"""The RocksDB table store's own rules (peakroute/tables/store.py), on real RocksDB files.
+
+faust's store is not built here (it needs a running app); the two rules we changed are exercised
+on a bare instance whose per-partition databases are real rocksdict databases.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+rocksdict = pytest.importorskip("rocksdict")
+
+from faust.streams import _current_event  # noqa: E402
+
+from peakroute.tables import store as rocks  # noqa: E402
+
+
+def bare_store(tmp_path: Path, partitions: int) -> rocks.Store:
+    s = rocks.Store.__new__(rocks.Store)
+    s._dbs = {p: rocksdict.Rdict(str(tmp_path / f"p{p}"), options=rocksdict.Options(raw_mode=True))
+              for p in range(partitions)}
+    s._key_index = {}
+    return s
+
+
+class FakeEvent:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+_keep: list[FakeEvent] = []
+
+
+def with_event(partition: int | None):
+    """faust keeps the current event as a weak reference in a context variable."""
+    if partition is None:
+        return _current_event.set(None)
+    _keep.append(FakeEvent(partition))
+    return _current_event.set(weakref.ref(_keep[-1]))
+
+
+def test_a_key_is_found_whatever_partition_the_current_event_is_on(tmp_path: Path) -> None:
+    """faust's own store looks only in the current event's partition: a batch agent reading order
+    B while faust's current event is order A (another partition) would see no order B."""
+    s = bare_store(tmp_path, 3)
+    s._dbs[2].put(b"order-B", b"state-B")
+    for partition in (0, 1, 2, None):
+        token = with_event(partition)
+        try:
+            assert s._get(b"order-B") == b"state-B"
+            assert s._contains(b"order-B")
+            assert s._get(b"order-none") is None
+            assert not s._contains(b"order-none")
+        finally:
+            _current_event.reset(token)
+
+
+def test_only_assigned_partitions_are_searched(tmp_path: Path) -> None:
+    """A revoked partition's database leaves ``_dbs`` (faust's revoke): its keys are not read."""
+    s = bare_store(tmp_path, 2)
+    s._dbs[1].put(b"k", b"v")
+    del s._dbs[1]
+    token = with_event(0)
+    try:
+        assert s._get(b"k") is None
+    finally:
+        _current_event.reset(token)
+
+
+def test_the_current_events_partition_wins_then_the_key_is_remembered(tmp_path: Path) -> None:
+    s = bare_store(tmp_path, 2)
+    s._dbs[1].put(b"k", b"from-1")
+    token = with_event(0)
+    try:
+        assert s._get(b"k") == b"from-1"
+        assert s._key_index[b"k"] == 1
+    finally:
+        _current_event.reset(token)
+
+
+def test_each_worker_process_gets_its_own_empty_directory_and_dead_ones_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f"worker-{dead_pid}" / "order-state-0.db").mkdir(parents=True)
+    live = tmp_path / f"worker-{os.getppid()}"
+    (live / "x").mkdir(parents=True)
+    mine = rocks.worker_tabledir(tmp_path)
+    assert mine == tmp_path / f"worker-{os.getpid()}" and list(mine.iterdir()) == []
+    assert not (tmp_path / f"worker-{dead_pid}").exists(), "a finished worker's files are removed"
+    assert (live / "x").exists(), "a running process's files are left alone"
+    (mine / "leftover").mkdir()
+    again = rocks.worker_tabledir(tmp_path)
+    assert again == mine and list(again.iterdir()) == [], "a restart in the same process starts empty"
