@@ -106,6 +106,17 @@ class Store(faust_rocksdb.Store):
             max_write_buffer_number=o.max_write_buffer_number, target_file_size_base=o.target_file_size_base,
             bloom_filter_size=o.bloom_filter_size, use_rocksdict=True)
 
+    def _open_for_partition(self, partition: int) -> Any:
+        """Without a write-ahead log: the files never outlive the process that wrote them (see
+        the module docstring), so the log would only cost a write per put (measured: 10 → 5 µs)."""
+        import rocksdict
+
+        db = super()._open_for_partition(partition)
+        no_wal = rocksdict.WriteOptions()
+        no_wal.disable_wal = True
+        db.set_write_options(no_wal)
+        return db
+
     def _lookup(self, key: bytes) -> bytes | None:
         event = current_event()
         first = event.message.partition if event is not None else self._key_index.get(key)
