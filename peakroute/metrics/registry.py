@@ -83,7 +83,7 @@ STOCKOUTS = Gauge(
 CONSUMER_LAG = Gauge(
     "peakroute_consumer_lag_messages", "Messages not yet read, per topic and partition assigned here",
     ["topic", "partition"])
-TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (active and standby partitions)", ["table"])
+TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (RocksDB: its estimate, for the active partitions)", ["table"])
 OVERSOLD_ORDERS = Counter(
     "peakroute_oversold_orders_total", "Order lines whose reservation was evicted (then re-routed or backordered)")
 SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS reported missing at picking (short picks)")

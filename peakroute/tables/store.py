@@ -137,6 +137,14 @@ class Store(faust_rocksdb.Store):
     def _get(self, key: bytes) -> bytes | None:
         return self._lookup(key)
 
+    def _size(self) -> int:
+        """RocksDB's own estimate of the keys of the active partitions.
+
+        faust counts by iterating every key — a full scan of the day's orders, and the table-size
+        gauge asks every 5 s: at 300k orders that stalled the event loop long enough to show in
+        p99.  The estimate is exact until keys are overwritten or deleted, then close."""
+        return sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in self._dbs_for_actives())
+
     def _contains(self, key: bytes) -> bool:
         return self._lookup(key) is not None
 

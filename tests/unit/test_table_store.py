@@ -99,3 +99,12 @@ def test_each_worker_process_gets_its_own_empty_directory_and_dead_ones_are_remo
     (mine / "leftover").mkdir()
     again = rocks.worker_tabledir(tmp_path)
     assert again == mine and list(again.iterdir()) == [], "a restart in the same process starts empty"
+
+
+def test_the_size_is_rocksdbs_estimate_not_a_scan(tmp_path: Path) -> None:
+    """``len(table)`` feeds a gauge every 5 s; faust's own count iterates every key."""
+    s = bare_store(tmp_path, 2)
+    s._dbs_for_actives = lambda: iter(s._dbs.values())
+    for i in range(300):
+        s._dbs[i % 2].put(b"order-%d" % i, b"state")
+    assert s._size() == 300
