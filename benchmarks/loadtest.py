@@ -552,14 +552,17 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
     last = sum(rss[-max(1, n // 10):]) / max(1, n // 10)
     # A bounded cache (RocksDB's) fills first and then stays: the second half shows the trend.
-    half = rss[n // 2: n // 2 + max(1, n // 10)]
+    k = max(1, n // 10)
+    half = rss[n // 2: n // 2 + k]
     middle = sum(half) / max(1, len(half))
+    # Orders between the centres of the averaged windows (samples are evenly spaced in time).
+    span_all = max(1.0, step.new_orders * max(1, n - k) / max(1, n))
+    span_half = max(1.0, step.new_orders * max(1.0, n - k / 2 - (n // 2 + k / 2)) / max(1, n))
     return {"rate": rate, "minutes": args.soak_min, "step": asdict(step), "rss_samples": samples,
             "rss_first_10pct_mb": round(first, 1), "rss_middle_mb": round(middle, 1),
             "rss_last_10pct_mb": round(last, 1),
-            "rss_growth_mb_per_100k_orders": round((last - first) / max(1, step.new_orders) * 1e5, 1),
-            "rss_second_half_growth_mb_per_100k_orders":
-                round((last - middle) / max(1, step.new_orders / 2) * 1e5, 1),
+            "rss_growth_mb_per_100k_orders": round((last - first) / span_all * 1e5, 1),
+            "rss_second_half_growth_mb_per_100k_orders": round((last - middle) / span_half * 1e5, 1),
             "rss_by_minute_mb": [round(r) for r in rss[::6]],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1)}
 

@@ -5,7 +5,7 @@ state, its dedup version, its reservations), so RSS grows with the day's orders 
 order even with packed values (benchmarks/RESULTS.md).  RocksDB keeps them on disk behind bounded
 memtables and a bounded block cache.
 
-Two deliberate departures from faust's own RocksDB store:
+Deliberate departures from faust's own RocksDB store:
 
 * **Reads find a key on whichever assigned partition holds it.**  faust looks a key up only in the
   partition of the *current event*.  Our batch agents read keys of a whole batch — many
@@ -22,7 +22,10 @@ Two deliberate departures from faust's own RocksDB store:
   know it.  The changelog is the one source of truth; the local files are a cache of it for one
   process's lifetime.  Each worker process has its own directory (RocksDB locks its files;
   several workers may share a state dir), and the next worker start removes the directories of
-  processes that are gone.
+  processes that are gone.  As the files never outlive their process, there is no write-ahead log.
+* **One memory budget** for all of a worker's databases (:func:`memory_budget`), not faust's
+  per-database caches and memtables.
+* **``len(table)`` is RocksDB's estimate**, not a scan of every key (:meth:`Store._size`).
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ class Store(faust_rocksdb.Store):
 
         faust counts by iterating every key — a full scan of the day's orders, and the table-size
         gauge asks every 5 s: at 300k orders that stalled the event loop long enough to show in
-        p99.  The estimate is exact until keys are overwritten or deleted, then close."""
+        p99.  An estimate: a key overwritten or deleted may count twice until compaction merges it
+        (the gauge's trend is what the dashboard needs)."""
         return sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in self._dbs_for_actives())
 
     def _contains(self, key: bytes) -> bool:
