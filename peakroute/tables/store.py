@@ -160,20 +160,12 @@ def register() -> None:
     STORES.data.setdefault(STORE_URL.split(":", 1)[0], f"{__name__}:Store")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def worker_tabledir(root: Path, pid: int | None = None) -> Path:
     """This process's own, empty table directory under ``root``; removes those of dead processes.
 
     See the module docstring: a worker always restores its tables from the changelogs."""
+    from ..stack import pid_alive
+
     pid = os.getpid() if pid is None else pid
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("worker-*"):
@@ -181,7 +173,7 @@ def worker_tabledir(root: Path, pid: int | None = None) -> Path:
             other = int(old.name.split("-", 1)[1])
         except ValueError:
             continue
-        if other == pid or not _alive(other):
+        if other == pid or not pid_alive(other):
             shutil.rmtree(old, ignore_errors=True)
             log.info("removed table files of a finished worker process: %s", old)
     mine = root / f"worker-{pid}"
