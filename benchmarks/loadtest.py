@@ -226,6 +226,8 @@ class Step:
     done_per_s: float
     load1: float = 0.0  #: the machine's 1-minute load average at the end of the step (noise indicator)
     worker_restarts: int = 0  #: workers that exited during the step and were restarted (a supervisor's job)
+    #: steps of two minutes or more: [p50, p99] ms of the orders whose reference payload was due in each minute
+    by_minute_ms: list[list[float]] = field(default_factory=list)
 
 
 def routable_orders(wl: Workload) -> set[str]:
@@ -256,11 +258,14 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
     drained_after = max(0.0, last_done - end) if len(done) == len(want) else time.time() - end
     routed = collector.routed(want)
     hist = HdrHistogram(1, 600_000, 3)
+    minutes = [HdrHistogram(1, 600_000, 3) for _ in range(int(seconds // 60) + 1)] if seconds >= 120 else []
     for oid, ts in routed.items():
         sent = wl.sent_at.get(oid, [])
         i = bisect.bisect_right(sent, ts) - 1
         ref = sent[max(i, 0)] if sent else ts
         hist.record_value(max(1, int((ts - ref) * 1000)))
+        if minutes:  # does latency drift over a long step?
+            minutes[min(len(minutes) - 1, max(0, int((ref - t0) // 60)))].record_value(max(1, int((ts - ref) * 1000)))
     # Orders still without an outcome count at the longest latency they could have so far
     # (coordinated omission: missing is not fast).
     missing = len(want) - len(done)
@@ -273,7 +278,9 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
                 hist.get_value_at_percentile(50), hist.get_value_at_percentile(99),
                 hist.get_value_at_percentile(99.9), hist.get_max_value(), round(behind * 1000, 1),
                 round(drained_after, 2), sustained, round(len(done) / max(0.001, last_done - min(first, t0)), 1),
-                round(os.getloadavg()[0], 2))
+                round(os.getloadavg()[0], 2),
+                by_minute_ms=[[m.get_value_at_percentile(50), m.get_value_at_percentile(99)]
+                              for m in minutes if m.get_total_count()])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -622,7 +629,8 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                          f"{s.get('rss_middle_mb')} → {s['rss_last_10pct_mb']} MB, "
                          f"{s.get('rss_second_half_growth_mb_per_100k_orders')} MB per 100k orders; by minute "
                          f"{s.get('rss_by_minute_mb')}); changelog "
-                         f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms, "
+                         f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms "
+                         f"([p50, p99] ms by minute {s['step'].get('by_minute_ms')}), "
                          f"sustained: {s['step']['sustained']}")
     return "\n".join(lines) + "\n"
 
