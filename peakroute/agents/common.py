@@ -18,6 +18,8 @@ import faust
 from ..domain.deadletter import Source, dead_letter
 from ..metrics import registry as m
 from ..streams.codecs import dumps
+from ..tables.packed import PackedTable
+from ..tables.store import table_get
 
 log = logging.getLogger("peakroute.agents")
 
@@ -429,7 +431,11 @@ class BatchWrites:
         if key in self._dirty:
             v = self._dirty[key]
             return default if v is _DELETED else v
-        return self.table.get(key, default)
+        # The key of an event's state lives on that event's partition: the store looks there first.
+        partition = self._event.message.partition if self._event is not None else None
+        if isinstance(self.table, PackedTable):
+            return self.table.get(key, default, partition)
+        return table_get(self.table, key, default, partition)
 
     def __contains__(self, key: Any) -> bool:
         return self.get(key, _DELETED) is not _DELETED

@@ -226,6 +226,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
             holding = await holding_keys()
             m.STAGE_SECONDS.labels("breaker").observe((time.perf_counter() - breaker_started) / max(1, len(events)))
             fx = Effects()
+            now = now_iso()  # one decision time per batch (formatting it per order cost ~2% of the loop)
             pending_ops: list[tuple[int, dict]] = []
             counted: list[tuple[str, int]] = []
             held: list[dict] = []
@@ -249,7 +250,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                                 if holding:
                                     hold_keys = must_hold(holding, item["channel"], skus_, router.priority_of(item),
                                                           breaker_cfg)
-                            new, one = router.on_order(state, item, view.view, now_iso(), hold_keys)
+                            new, one = router.on_order(state, item, view.view, now, hold_keys)
                             new["p"] = partition
                             if event.message.timestamp:
                                 new["ingest"] = event.message.timestamp
@@ -259,15 +260,15 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                         elif state is None:
                             continue
                         elif item["outcome"] == "expire":
-                            new, one = router.on_expiry(state, now_iso())
+                            new, one = router.on_expiry(state, now)
                         elif item["outcome"] == "retry":
-                            new, one = router.on_retry(state, now_iso())
+                            new, one = router.on_retry(state, now)
                         elif item["outcome"] == "release":
-                            new, one = router.on_release(state, view.view, now_iso(), item.get("by", "breaker_drain"))
+                            new, one = router.on_release(state, view.view, now, item.get("by", "breaker_drain"))
                         elif item["outcome"] == "reject":
-                            new, one = router.on_reject(state, now_iso(), item.get("by", "operator"))
+                            new, one = router.on_reject(state, now, item.get("by", "operator"))
                         else:
-                            new, one = router.on_reply(state, item, view.view, now_iso())
+                            new, one = router.on_reply(state, item, view.view, now)
                         if new is not None and new is not state:
                             states[oid] = new
                             watch.update(oid, new)

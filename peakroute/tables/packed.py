@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..streams.codecs import dumps
+from .store import table_get
 
 _MISSING = object()
 
@@ -33,8 +34,9 @@ class PackedTable:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        raw = self.table.get(key)
+    def get(self, key: Any, default: Any = None, partition: int | None = None) -> Any:
+        """``partition``: where the key should live, a hint for the RocksDB store (tables/store.py)."""
+        raw = table_get(self.table, key, None, partition)
         return default if raw is None else orjson.loads(raw)
 
     def __getitem__(self, key: Any) -> Any:

@@ -120,9 +120,12 @@ class Store(faust_rocksdb.Store):
         db.set_write_options(no_wal)
         return db
 
-    def _lookup(self, key: bytes) -> bytes | None:
-        event = current_event()
-        first = event.message.partition if event is not None else self._key_index.get(key)
+    def _lookup(self, key: bytes, first: int | None = None) -> bytes | None:
+        """The value of ``key`` from the partition that holds it: ``first`` (the caller's hint),
+        else the current event's, then the others through their bloom filters."""
+        if first is None:
+            event = current_event()
+            first = event.message.partition if event is not None else self._key_index.get(key)
         dbs = self._dbs
         if first is not None and first in dbs:
             value = dbs[first].get(key)
@@ -140,6 +143,15 @@ class Store(faust_rocksdb.Store):
     def _get(self, key: bytes) -> bytes | None:
         return self._lookup(key)
 
+    def get_value(self, key: Any, default: Any = None, partition: int | None = None) -> Any:
+        """``table.get(key, default)`` in one lookup; ``partition`` is where the key should be.
+
+        faust's ``Table.get`` asks the store ``key in`` and then ``[key]``: two lookups and two key
+        encodings per read, and on a miss (every new order) a probe of every partition twice.
+        Table reads were ~13% of the event loop in a soak profile."""
+        raw = self._lookup(self._encode_key(key), partition)
+        return default if raw is None else self._decode_value(raw)
+
     def _size(self) -> int:
         """RocksDB's own estimate of the keys of the active partitions.
 
@@ -151,6 +163,15 @@ class Store(faust_rocksdb.Store):
 
     def _contains(self, key: bytes) -> bool:
         return self._lookup(key) is not None
+
+
+def table_get(table: Any, key: Any, default: Any = None, partition: int | None = None) -> Any:
+    """``table.get(key, default)`` for a faust table; one lookup when the table is on our RocksDB
+    store (see :meth:`Store.get_value`), faust's own path otherwise (``memory://``)."""
+    store = getattr(table, "data", None)
+    if isinstance(store, Store):
+        return store.get_value(key, default, partition)
+    return table.get(key, default)
 
 
 def register() -> None:

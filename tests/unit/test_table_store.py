@@ -12,6 +12,7 @@ import sys
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,36 @@ def test_the_size_is_rocksdbs_estimate_not_a_scan(tmp_path: Path) -> None:
     for i in range(300):
         s._dbs[i % 2].put(b"order-%d" % i, b"state")
     assert s._size() == 300
+
+
+def test_get_value_is_one_lookup_and_the_partition_hint_only_orders_the_search(tmp_path: Path) -> None:
+    """``table_get`` reads in one lookup (faust's ``Table.get`` is ``in`` then ``[]``); the hint
+    says where to look first, but a wrong hint still finds the key (correctness never rests on it)."""
+    s = bare_store(tmp_path, 3)
+    s._encode_key = lambda key: key.encode()
+    s._decode_value = lambda raw: raw.decode()
+    s._dbs[2].put(b"order-B", b"state-B")
+    looked: list[int] = []
+    for p, db in list(s._dbs.items()):
+        class Spy:
+            def __init__(self, db: Any, p: int) -> None:
+                self.db, self.p = db, p
+
+            def get(self, key: bytes) -> Any:
+                looked.append(self.p)
+                return self.db.get(key)
+
+            def key_may_exist(self, key: bytes) -> bool:
+                return self.db.key_may_exist(key)
+        s._dbs[p] = Spy(db, p)
+    token = with_event(0)
+    try:
+        assert s.get_value("order-B", partition=2) == "state-B" and looked == [2]
+        looked.clear()
+        assert s.get_value("order-B", partition=1) == "state-B" and looked[-1] == 2
+        assert s.get_value("order-none", "dflt", partition=2) == "dflt"
+        table = SimpleNamespace(data=s)
+        assert rocks.table_get(table, "order-B", None, 0) == "state-B"
+        assert rocks.table_get({"k": 1}, "k") == 1, "anything else: its own get (memory:// tables, fakes)"
+    finally:
+        _current_event.reset(token)
