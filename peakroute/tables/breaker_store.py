@@ -39,10 +39,27 @@ def held_key(key: str) -> str:
     return f"peakroute:held:{key}"
 
 
+#: A batch's counters in one script call (one request, one reply; see redis_views._HSET_EACH):
+#: KEYS = the keys set, then the rate counters; ARGV = ttl, then one increment per counter, then
+#: the breaker keys to add to the set.
+_COUNT = """
+local ttl, n = ARGV[1], #KEYS - 1
+for i = 1, n do
+  redis.call('INCRBY', KEYS[i + 1], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ttl)
+end
+for first = n + 2, #ARGV, 1000 do  -- unpack is limited to a few thousand values
+  redis.call('SADD', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return n
+"""
+
+
 class BreakerStore:
     def __init__(self, redis_url: str) -> None:
         self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._holding: tuple[float, set[str]] = (0.0, set())
+        self._count = self.redis.register_script(_COUNT)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -57,12 +74,9 @@ class BreakerStore:
         counts = Counter(keys)
         if not counts:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for (k, sec), n in counts.items():  # one INCRBY per key and second per batch
-            pipe.incrby(rate_key(k, sec), n)
-            pipe.expire(rate_key(k, sec), 300)
-        pipe.sadd(KEYS, *{k for k, _ in counts})
-        await pipe.execute()
+        # One INCRBY per key and second per batch, all in one script call.
+        await self._count(keys=[KEYS, *(rate_key(k, sec) for k, sec in counts)],
+                          args=[300, *counts.values(), *{k for k, _ in counts}])
 
     async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:
         """Orders/s per key over the last ``window_s`` complete seconds."""

@@ -1,0 +1,60 @@
+"""The Redis projections written by one script call per batch (tables/redis_views.py,
+tables/breaker_store.py) leave exactly what the per-command writes left, on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from peakroute.config import Settings
+from peakroute.tables.breaker_store import KEYS, BreakerStore, rate_key
+from peakroute.tables.redis_views import ORDER_TTL_S, RedisViews, capacity_key
+
+
+def test_batch_scripts_write_what_the_commands_would(stack_settings: Settings) -> None:
+    r = redis.Redis.from_url(stack_settings.redis_url)
+    r.delete(*(r.keys("peakroute:*") or ["x"]))
+
+    async def run() -> dict:
+        views, breakers = RedisViews(stack_settings.redis_url), BreakerStore(stack_settings.redis_url)
+        try:
+            await views.publish_stock([("SKU-1", "WH-A", (10, 2, 1)), ("SKU-1", "WH-B", (5, 0, 0)),
+                                       ("SKU-2", "WH-A", (3, 3, 0)), ("SKU-1", "WH-A", (10, 4, 1))])
+            available = await views.available(["SKU-1", "SKU-2", "SKU-none", "SKU-1"])
+            assert await views.available([]) == {}
+            await views.claim_capacity_many([("WH-A", "o1"), ("WH-B", "o1"), ("WH-A", "o2"), ("WH-A", "o1")],
+                                            day="2026-11-11")
+            ids = [f"bulk-{i}" for i in range(2500)]  # more than one SADD's worth of values
+            await views.claim_capacity_many([("WH-C", i) for i in ids], day="2026-11-11")
+            await views.project_events([
+                {"order_id": "tmall:1", "event": "accepted", "at": "2026-11-11T00:00:00.000Z", "channel": "tmall"},
+                {"order_id": "tmall:1", "event": "routed", "at": "2026-11-11T00:00:01.000Z",
+                 "warehouses": ["WH-A"]},
+                {"order_id": "jd:2", "event": "backordered", "at": "2026-11-11T00:00:02.000Z", "reason": "no_stock"},
+            ])
+            status = await views.order_status("tmall:1")
+            keys = [f"k{i}" for i in range(2300)]
+            await breakers.count([("channel:tmall", 100), ("sku:SKU-1", 100), ("channel:tmall", 100),
+                                  ("channel:tmall", 101), *((k, 100) for k in keys)])
+            return {"available": available, "status": status}
+        finally:
+            await views.close()
+            await breakers.close()
+
+    out = asyncio.run(run())
+    assert out["available"] == {("SKU-1", "WH-A"): 5, ("SKU-1", "WH-B"): 5, ("SKU-2", "WH-A"): 0}
+    assert r.smembers(capacity_key("2026-11-11", "WH-A")) == {b"o1", b"o2"}
+    assert r.smembers(capacity_key("2026-11-11", "WH-B")) == {b"o1"}
+    assert r.scard(capacity_key("2026-11-11", "WH-C")) == 2500
+    assert 0 < r.ttl(capacity_key("2026-11-11", "WH-A")) <= 3 * 24 * 3600
+    assert r.ttl("peakroute:stock:SKU-1") == -1, "the stock view does not expire"
+    order = r.hgetall("peakroute:order:tmall:1")
+    assert order[b"status"] == b"routed" and order[b"channel"] == b"tmall"
+    assert order[b"warehouses"] == b'["WH-A"]' and order[b"updated_at"] == b"2026-11-11T00:00:01.000Z"
+    assert ORDER_TTL_S - 60 < r.ttl("peakroute:order:tmall:1") <= ORDER_TTL_S
+    assert r.hget("peakroute:order:jd:2", "status") == b"backordered"
+    assert [e["event"] for e in out["status"]["timeline"]] == ["accepted", "routed"]
+    assert r.get(rate_key("channel:tmall", 100)) == b"2" and r.get(rate_key("channel:tmall", 101)) == b"1"
+    assert r.get(rate_key("sku:SKU-1", 100)) == b"1" and 0 < r.ttl(rate_key("sku:SKU-1", 100)) <= 300
+    assert r.scard(KEYS) == 2 + 2300
