@@ -102,6 +102,17 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                     touched |= touched_
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="stock")
+            if touched:
+                # The view first, then the replies: an order re-planned on this batch's answers (an
+                # evicted hold, a refusal) must plan on stock that includes this batch's changes —
+                # a stock correction that moved units to another warehouse, say.  Published after
+                # the replies, a fast re-plan could read the old view and backorder an order that
+                # the new stock could ship (seen as a flaky test).  A projection: if the worker dies
+                # before the replies are durable, the batch is re-applied and publishes the same.
+                try:
+                    await views.publish_stock((sku, wh, ledger.level(sku, wh)) for sku, wh in touched)
+                except Exception as exc:  # noqa: BLE001 - the view is a projection; next batch refreshes it
+                    log.warning("stock view not updated (redis): %s", exc)
             try:
                 # A worker woken from a freeze longer than the session may no longer own these SKUs:
                 # it must exit before it answers for them.
@@ -118,11 +129,6 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 if r["outcome"] == "evicted":
                     m.OVERSOLD_UNITS.inc(r["qty"])
                     m.OVERSOLD_ORDERS.inc()
-            if touched:
-                try:
-                    await views.publish_stock((sku, wh, ledger.level(sku, wh)) for sku, wh in touched)
-                except Exception as exc:  # noqa: BLE001 - the view is a projection; next batch refreshes it
-                    log.warning("stock view not updated (redis): %s", exc)
             m.STAGE_SECONDS.labels("reserve").observe((time.perf_counter() - started) / max(1, len(events)))
 
     return stock_agent
