@@ -19,6 +19,7 @@ from ..domain.deadletter import Source, dead_letter
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.packed import PackedTable
+from ..tables.store import Store as RocksStore
 from ..tables.store import table_get
 
 log = logging.getLogger("peakroute.agents")
@@ -462,13 +463,24 @@ class BatchWrites:
     def flush(self) -> int:
         """Write every changed key once; return how many changelog records that took."""
         GUARDS.freeze.check("table write")
-        for key, value in self._dirty.items():
-            in_event(self._events[key])
-            if value is _DELETED:
-                if key in self.table:
-                    del self.table[key]
-            else:
-                self.table[key] = value
+        packed = isinstance(self.table, PackedTable)
+        store = getattr(self.table.table if packed else self.table, "data", None)
+        if isinstance(store, RocksStore) and getattr(store.table, "send_changelog_bytes", None):
+            # One encoding per key and no per-write faust machinery (tables/store.Store.write).
+            for key, value in self._dirty.items():
+                partition = self._events[key].message.partition
+                if value is _DELETED:
+                    store.delete(key, partition)
+                else:
+                    store.write(key, PackedTable.pack(value) if packed else value, partition)
+        else:
+            for key, value in self._dirty.items():
+                in_event(self._events[key])
+                if value is _DELETED:
+                    if key in self.table:
+                        del self.table[key]
+                else:
+                    self.table[key] = value
         n = len(self._dirty)
         self._dirty.clear()
         self._events.clear()

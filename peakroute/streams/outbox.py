@@ -139,6 +139,12 @@ def carry_changelogs(app: Any, outbox: Outbox, tables: list[Any]) -> None:
 
         table.send_changelog = send_changelog
 
+        def send_changelog_bytes(partition: int, key: bytes, value: bytes | None, *, _name: str = name) -> None:
+            """A record already serialized by the table's store (tables/store.Store.write)."""
+            outbox.send(_name, key, value, partition=partition)
+
+        table.send_changelog_bytes = send_changelog_bytes
+
     producer = app.producer
     faust_flush = producer.flush
 

@@ -45,11 +45,15 @@ class PackedTable:
             raise KeyError(key)
         return value
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    @staticmethod
+    def pack(value: Any) -> bytes:
         # An exact-size copy: orjson returns its output in an over-allocated buffer shrunk in place,
         # and kept by the thousand those buffers fragment the heap — measured 4.1 KB of RSS per 1 KB
         # value, against 1.1 KB for the copy (and 5.9 KB for the dict it replaces).
-        self.table[key] = bytes(memoryview(dumps(value)))
+        return bytes(memoryview(dumps(value)))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.table[key] = self.pack(value)
 
     def __delitem__(self, key: Any) -> None:
         del self.table[key]

@@ -54,6 +54,19 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+#: ``_HSET_EACH`` with each key's fields as one JSON object (ARGV[2] = a JSON array aligned with
+#: KEYS): the order-status projection has ~10 fields per order, and redis-py packs every argument
+#: of a command in Python.
+_HSET_JSON = """
+local ttl, docs = ARGV[1], cjson.decode(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local args = {}
+  for f, v in pairs(docs[i]) do args[#args + 1] = f; args[#args + 1] = v end
+  redis.call('HSET', key, unpack(args))
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
 _SADD_EACH = """
 local ttl, j = ARGV[1], 2
 for _, key in ipairs(KEYS) do
@@ -88,6 +101,7 @@ class RedisViews:
         self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._capacity_cache: dict[str, tuple[float, int]] = {}
         self._hset_each = self.redis.register_script(_HSET_EACH)
+        self._hset_json = self.redis.register_script(_HSET_JSON)
         self._sadd_each = self.redis.register_script(_SADD_EACH)
         self._hgetall_each = self.redis.register_script(_HGETALL_EACH)
 
@@ -164,15 +178,15 @@ class RedisViews:
             if status:
                 fields["status"] = status
             if ev.get("warehouses"):
-                fields["warehouses"] = orjson.dumps(ev["warehouses"])
+                fields["warehouses"] = orjson.dumps(ev["warehouses"]).decode()
             if ev.get("channel"):
                 fields["channel"] = ev["channel"]
             ident = f"{ev['event']}|{ev.get('attempt', '')}|{ev.get('line_id', '')}|{ev.get('reason', '')}"
-            fields["ev:" + ident] = orjson.dumps(ev)
+            fields["ev:" + ident] = orjson.dumps(ev).decode()
         if not per_order:
             return
-        groups = {f"peakroute:order:{oid}": fields for oid, fields in per_order.items()}
-        await self._hset_each(keys=list(groups), args=[ORDER_TTL_S, *flat_fields(groups)])
+        await self._hset_json(keys=[f"peakroute:order:{oid}" for oid in per_order],
+                              args=[ORDER_TTL_S, orjson.dumps(list(per_order.values()))])
 
     async def order_status(self, order_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(f"peakroute:order:{order_id}")

@@ -152,6 +152,33 @@ class Store(faust_rocksdb.Store):
         raw = self._lookup(self._encode_key(key), partition)
         return default if raw is None else self._decode_value(raw)
 
+    def write(self, key: Any, value: Any, partition: int) -> bool:
+        """``table[key] = value`` on ``partition`` (a batch's flush: agents/common.BatchWrites).
+
+        The same changelog record and the same stored bytes as faust's ``table[key] = value``
+        under an event of ``partition``, without its per-write machinery: the key encoded once (faust
+        encodes it for the changelog and again for the store), no current-event lookups, no
+        future per record.  Writes were ~16% of the event loop in a drain profile.  Returns False
+        (nothing written) when the table's changelog is not carried by the outbox."""
+        send = getattr(self.table, "send_changelog_bytes", None)
+        if send is None:
+            return False
+        kb, vb = self._encode_key(key), self._encode_value(value)
+        send(partition, kb, vb)  # the changelog first, as faust does
+        self._db_for_partition(partition).put(kb, vb)
+        return True
+
+    def delete(self, key: Any, partition: int) -> bool:
+        """``del table[key]`` (a tombstone on ``partition``'s changelog) if the key exists; see :meth:`write`."""
+        send = getattr(self.table, "send_changelog_bytes", None)
+        if send is None:
+            return False
+        kb = self._encode_key(key)
+        if self._lookup(kb, partition) is not None:
+            send(partition, kb, None)
+            self._del(kb)
+        return True
+
     def _size(self) -> int:
         """RocksDB's own estimate of the keys of the active partitions.
 

@@ -32,8 +32,13 @@ def test_batch_scripts_write_what_the_commands_would(stack_settings: Settings) -
                 {"order_id": "tmall:1", "event": "routed", "at": "2026-11-11T00:00:01.000Z",
                  "warehouses": ["WH-A"]},
                 {"order_id": "jd:2", "event": "backordered", "at": "2026-11-11T00:00:02.000Z", "reason": "no_stock"},
+                {"order_id": "jd:3", "event": "held", "at": "2026-11-11T00:00:03.000Z",
+                 "reason": '库存不足 "quoted" \\ \u0001 😀'},
             ])
             status = await views.order_status("tmall:1")
+            held = await views.order_status("jd:3")
+            assert held is not None and held["timeline"][0]["reason"] == '库存不足 "quoted" \\ \u0001 😀', \
+                "text survives the JSON round trip through the script byte for byte"
             keys = [f"k{i}" for i in range(2300)]
             await breakers.count([("channel:tmall", 100), ("sku:SKU-1", 100), ("channel:tmall", 100),
                                   ("channel:tmall", 101), *((k, 100) for k in keys)])

@@ -142,3 +142,71 @@ def test_get_value_is_one_lookup_and_the_partition_hint_only_orders_the_search(t
         assert rocks.table_get({"k": 1}, "k") == 1, "anything else: its own get (memory:// tables, fakes)"
     finally:
         _current_event.reset(token)
+
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, Any, int | None]] = []
+
+    def send(self, topic: str, key: Any, value: Any, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+
+def test_a_batch_write_leaves_what_faust_would_on_the_changelog_and_in_rocksdb(tmp_path: Path) -> None:
+    """``Store.write``/``delete`` (a batch's flush) skip faust's per-write machinery; the changelog
+    records and the stored bytes must be exactly what ``table[key] = value`` would leave."""
+    import faust
+
+    from peakroute.agents.common import BatchWrites, in_event
+    from peakroute.streams import codecs  # noqa: F401 - registers the orjson codec
+    from peakroute.streams.outbox import carry_changelogs
+    from peakroute.tables.packed import PackedTable
+
+    rocks.register()
+    app = faust.App("t-write", broker="kafka://127.0.0.1:1", store=rocks.STORE_URL, tabledir=str(tmp_path),
+                    key_serializer="raw", value_serializer="raw")
+    schema = faust.Schema(key_serializer="orjson", value_serializer="orjson")
+    levels = app.Table("stock-levels", default=None, partitions=4, schema=schema,
+                       options=dict(rocks.ROCKSDB_OPTIONS))
+    states = app.Table("order-state", default=None, partitions=4, schema=schema, value_type=bytes,
+                       options=dict(rocks.ROCKSDB_OPTIONS))
+    outbox = RecordingOutbox()
+    carry_changelogs(app, outbox, [levels, states])  # type: ignore[arg-type]
+
+    async def run() -> None:  # faust objects want a running loop
+        for table, value in ((levels, [10, 2, 0]), (PackedTable(states), {"status": "routed", "n": 1})):
+            faust_table = table.table if isinstance(table, PackedTable) else table
+            store = faust_table.data
+            assert isinstance(store, rocks.Store)
+            event = FakeEvent(2)
+            event.message.topic = "peakroute.orders"
+            faust_table._verified_source_topics_for_partitions.add("peakroute.orders")  # no broker here
+            _keep.append(event)
+            in_event(event)  # type: ignore[arg-type]
+            table["by-faust"] = value  # faust's own path
+            faust_record = outbox.sent[-1]
+            writes = BatchWrites(table)
+            writes.event = event  # type: ignore[assignment]
+            writes["by-batch"] = value
+            fast_writes = []
+            store.write = lambda *a, _w=store.write: fast_writes.append(a) or _w(*a)
+            writes.flush()
+            assert len(fast_writes) == 1, "the batch took the store's own write path"
+            batch_record = outbox.sent[-1]
+            assert batch_record[0] == faust_record[0] and batch_record[3] == faust_record[3] == 2
+            assert batch_record[2] == faust_record[2], "the same value bytes"
+            assert batch_record[1] == faust_record[1].replace(b"by-faust", b"by-batch"), "the same key encoding"
+            db = store._dbs[2]
+            assert db.get(batch_record[1]) == db.get(faust_record[1]) == faust_record[2]
+            assert writes.get("by-batch") == writes.get("by-faust") == value
+            # delete: a tombstone, gone from the store; a missing key sends nothing
+            del writes["by-batch"]
+            del writes["never-written"]
+            n = len(outbox.sent)
+            writes.flush()
+            assert outbox.sent[n:] == [(batch_record[0], batch_record[1], None, 2)]
+            assert db.get(batch_record[1]) is None and writes.get("by-batch") is None
+
+    import asyncio
+
+    asyncio.run(run())
