@@ -26,7 +26,8 @@ How it measures (see benchmarks/RESULTS.md for the results and their reading):
   partitions, each on a fresh stack.
 * **Hot SKU** = one SKU in ~30% of the orders with stock for only part of them; measured at the
   same rates, then ``peakroute audit`` must find zero oversold units.
-* **Soak** = ``--soak-min`` minutes at half the max sustained rate; worker RSS sampled every 10 s.
+* **Soak** = ``--soak-min`` minutes at half the max sustained rate (or ``--soak-rate``); worker RSS
+  and CPU sampled every 10 s, latency reported per minute too.
 """
 
 from __future__ import annotations
@@ -316,6 +317,17 @@ class Workers:
                 out.append(float("nan"))
         return out
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of all workers so far (every thread: librdkafka's, RocksDB's too)."""
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
 
@@ -535,16 +547,18 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
          collector: RequestCollector, procs: Workers, steps: list[Step]) -> dict[str, Any]:
     """Half the max sustained rate for ``--soak-min`` minutes; worker RSS every 10 s."""
     ok = [s.offered_orders_s for s in steps if s.sustained]
-    rate = max(1.0, (max(ok) if ok else steps[0].offered_orders_s) / 2)
+    rate = args.soak_rate or max(1.0, (max(ok) if ok else steps[0].offered_orders_s) / 2)
     seconds = args.soak_min * 60
     wl = workload(catalog, rate, seconds, args.seed + 999, None)
     samples: list[tuple[float, list[float]]] = []
+    cpu: list[float] = []  # the workers' CPU seconds at each sample
     stop = threading.Event()
 
     def sample() -> None:
         t0 = time.time()
         while not stop.is_set():
             samples.append((round(time.time() - t0, 1), procs.rss_mb()))
+            cpu.append(procs.cpu_s())
             stop.wait(10)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -571,6 +585,9 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
             "rss_growth_mb_per_100k_orders": round((last - first) / span_all * 1e5, 1),
             "rss_second_half_growth_mb_per_100k_orders": round((last - middle) / span_half * 1e5, 1),
             "rss_by_minute_mb": [round(r) for r in rss[::6]],
+            # A worker near 100% of a core is saturated whatever the step says: latency then grows
+            # with every disturbance.  (Sum over workers; one worker's Python is bound to one core.)
+            "worker_cpu_pct_by_minute": [round((cpu[i + 6] - cpu[i]) / 60 * 100) for i in range(0, len(cpu) - 6, 6)],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1)}
 
 
@@ -628,7 +645,8 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                          f"{s['rss_growth_mb_per_100k_orders']} MB per 100k orders (second half: "
                          f"{s.get('rss_middle_mb')} → {s['rss_last_10pct_mb']} MB, "
                          f"{s.get('rss_second_half_growth_mb_per_100k_orders')} MB per 100k orders; by minute "
-                         f"{s.get('rss_by_minute_mb')}); changelog "
+                         f"{s.get('rss_by_minute_mb')}); worker CPU % by minute "
+                         f"{s.get('worker_cpu_pct_by_minute')}; changelog "
                          f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms "
                          f"([p50, p99] ms by minute {s['step'].get('by_minute_ms')}), "
                          f"sustained: {s['step']['sustained']}")
@@ -650,6 +668,9 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,3", help="worker counts for the scale-out (default %(default)s)")
     ap.add_argument("--no-hot", action="store_true", help="skip the hot-SKU run")
     ap.add_argument("--soak-min", type=float, default=10.0, help="soak minutes at half the max rate; 0 skips it")
+    ap.add_argument("--soak-rate", type=float, default=0.0,
+                    help="soak at this many orders/s instead of half the max sustained step (a short step "
+                         "can look sustained while buffers absorb it: see the soak's CPU by minute)")
     ap.add_argument("--ceiling-copies", type=int, default=10,
                     help="ceiling input = this many copies of a 10 s workload at the top rate; 0 skips it")
     ap.add_argument("--seed", type=int, default=20261111)
