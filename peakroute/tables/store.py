@@ -33,9 +33,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import orjson
 from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 
@@ -108,6 +110,17 @@ class Store(faust_rocksdb.Store):
             max_open_files=o.max_open_files, write_buffer_size=o.write_buffer_size,
             max_write_buffer_number=o.max_write_buffer_number, target_file_size_base=o.target_file_size_base,
             bloom_filter_size=o.bloom_filter_size, use_rocksdict=True)
+
+    def _encode_key(self, key: Any) -> bytes:
+        """A str key as faust's ``json`` key serializer writes it (faust's json is orjson), without
+        the serializer registry's dispatch — keys are encoded on every table read and write."""
+        if type(key) is str and self._plain_json_keys:
+            return orjson.dumps(key)
+        return super()._encode_key(key)
+
+    @cached_property
+    def _plain_json_keys(self) -> bool:
+        return self.key_serializer == "json" and self.key_type is None
 
     def _open_for_partition(self, partition: int) -> Any:
         """Without a write-ahead log: the files never outlive the process that wrote them (see

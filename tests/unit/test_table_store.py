@@ -178,6 +178,8 @@ def test_a_batch_write_leaves_what_faust_would_on_the_changelog_and_in_rocksdb(t
             faust_table = table.table if isinstance(table, PackedTable) else table
             store = faust_table.data
             assert isinstance(store, rocks.Store)
+            for key in ("tmall:1", 'jd:"q"\\', "douyin:订单\u0001", "wxmini:😀"):
+                assert store._encode_key(key) == super(rocks.Store, store)._encode_key(key), key
             event = FakeEvent(2)
             event.message.topic = "peakroute.orders"
             faust_table._verified_source_topics_for_partitions.add("peakroute.orders")  # no broker here
