@@ -39,7 +39,7 @@ def held_key(key: str) -> str:
     return f"peakroute:held:{key}"
 
 
-#: A batch's counters in one script call (one request, one reply; see redis_views._HSET_EACH):
+#: A batch's counters in one script call (one request, one reply; see redis_views._HSET_JSON):
 #: KEYS = the keys set, then the rate counters; ARGV = ttl, then one increment per counter, then
 #: the breaker keys to add to the set.
 _COUNT = """

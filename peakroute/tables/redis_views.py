@@ -44,29 +44,21 @@ def business_day(now: float | None = None) -> str:
 #: one (pure-Python packed and parsed, each under its own timeout) per command — a worker
 #: sends a few Redis commands per order, and they were ~8% of its event loop.  Single-node Redis
 #: (or keys of one hash slot): a script may only touch keys of one node.
-_HSET_EACH = """
-local ttl, j = ARGV[1], 2
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[j])
-  redis.call('HSET', key, unpack(ARGV, j + 1, j + 2 * n))
-  if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
-  j = j + 1 + 2 * n
-end
-return #KEYS
-"""
-#: ``_HSET_EACH`` with each key's fields as one JSON object (ARGV[2] = a JSON array aligned with
-#: KEYS): the order-status projection has ~10 fields per order, and redis-py packs every argument
-#: of a command in Python.
+#:
+#: HSET each key with its fields, given as one JSON object per key (ARGV[2] = a JSON array aligned
+#: with KEYS: redis-py packs every argument of a command in Python, and an order's projection has
+#: ~10 fields), then EXPIRE it after ARGV[1] seconds unless ARGV[1] is empty.
 _HSET_JSON = """
 local ttl, docs = ARGV[1], cjson.decode(ARGV[2])
 for i, key in ipairs(KEYS) do
   local args = {}
   for f, v in pairs(docs[i]) do args[#args + 1] = f; args[#args + 1] = v end
   redis.call('HSET', key, unpack(args))
-  redis.call('EXPIRE', key, ttl)
+  if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
 end
 return #KEYS
 """
+#: SADD to each key its members (ARGV[2..] = count, members…, per key) and EXPIRE it (ARGV[1] s).
 _SADD_EACH = """
 local ttl, j = ARGV[1], 2
 for _, key in ipairs(KEYS) do
@@ -79,6 +71,7 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+#: HGETALL of each key, as a list of [field, value, …] lists aligned with KEYS.
 _HGETALL_EACH = """
 local out = {}
 for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
@@ -86,21 +79,10 @@ return out
 """
 
 
-def flat_fields(groups: dict[str, dict[str, Any]]) -> list[Any]:
-    """``{key: {field: value}}`` → ``[n, f1, v1, …]`` per key, in key order (``_HSET_EACH``'s ARGV)."""
-    args: list[Any] = []
-    for fields in groups.values():
-        args.append(len(fields))
-        for f, v in fields.items():
-            args += (f, v)
-    return args
-
-
 class RedisViews:
     def __init__(self, redis_url: str) -> None:
         self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._capacity_cache: dict[str, tuple[float, int]] = {}
-        self._hset_each = self.redis.register_script(_HSET_EACH)
         self._hset_json = self.redis.register_script(_HSET_JSON)
         self._sadd_each = self.redis.register_script(_SADD_EACH)
         self._hgetall_each = self.redis.register_script(_HGETALL_EACH)
@@ -114,7 +96,7 @@ class RedisViews:
         for sku, wh, (on_hand, reserved, safety) in levels:
             groups.setdefault(stock_key(sku), {})[wh] = f"{on_hand} {reserved} {safety}"
         if groups:
-            await self._hset_each(keys=list(groups), args=["", *flat_fields(groups)])
+            await self._hset_json(keys=list(groups), args=["", orjson.dumps(list(groups.values()))])
 
     async def available(self, skus: Iterable[str]) -> dict[tuple[str, str], int]:
         """(sku, warehouse) → units available per the view; missing pairs mean 0."""
