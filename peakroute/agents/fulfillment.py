@@ -74,7 +74,8 @@ class BatchView:
 
 def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
-             breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox, watch: Watchlist) -> Any:
+             breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox, watch: Watchlist,
+             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
     router = OrderRouter(network, catalog)
     states = BatchWrites(state_table)
     codes = [w.code for w in network.warehouses]
@@ -188,7 +189,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
 
     @app.agent(orders_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
             watch.ensure(state_table, recovered=True)
             decoded: list[tuple[faust.EventT, Any]] = []

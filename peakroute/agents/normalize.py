@@ -63,7 +63,8 @@ def process_raw(
 
 
 def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: faust.TopicT,
-             versions: Any, catalog: Catalog, outbox: Outbox, concurrency: int = 1) -> Any:
+             versions: Any, catalog: Catalog, outbox: Outbox, concurrency: int = 1,
+             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
     """Declare the normalize agent on ``app``.
 
     ``versions`` is the changelog-backed table (order_id → last emitted version) co-partitioned
@@ -79,7 +80,7 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
 
     @app.agent(raw, name="normalize", concurrency=concurrency)
     async def normalize_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
             for event in events:
                 batch_versions.event = event

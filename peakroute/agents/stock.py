@@ -34,7 +34,8 @@ TOMBSTONE_TTL_S = 600.0
 
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
-             levels: Any, holds: Any, views: RedisViews, outbox: Outbox) -> Any:
+             levels: Any, holds: Any, views: RedisViews, outbox: Outbox,
+             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
     levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
     ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
     #: sku -> [(level key, reserved as its holds add up)]: levels to correct before their SKU is next
@@ -73,7 +74,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
         nonlocal drift
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
             now = time.time()
             if drift is None:

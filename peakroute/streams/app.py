@@ -123,12 +123,13 @@ def build_app(settings: Settings) -> faust.App:
         tables.append(t)
         return PackedTable(t) if packed else t
 
+    wait_s = settings.batch_wait_ms / 1000
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
 
     normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
                        versions=table("order-versions", "order_id -> last emitted canonical state (dedup)", packed=True),
-                       outbox=outbox)
+                       outbox=outbox, batch_wait_s=wait_s)
     order_state = table("order-state", "order_id -> routing state", packed=True)
     # In-flight orders the timers watch (rebuilt by one scan of order-state after each rebalance).
     watch = Watchlist()
@@ -139,12 +140,14 @@ def build_app(settings: Settings) -> faust.App:
     app.on_partitions_assigned.connect(watch_stale, weak=False)
     fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
-                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch)
+                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch,
+                         batch_wait_s=wait_s)
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
                      watch=watch)
     levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,
-                   holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox)
+                   holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox,
+                   batch_wait_s=wait_s)
     carry_changelogs(app, outbox, tables)
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
