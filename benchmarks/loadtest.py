@@ -462,6 +462,18 @@ def with_stack(tmp: Path, name: str):
     return local_stack(tmp / name)
 
 
+def worker_env(pairs: list[str]) -> dict[str, str]:
+    """``--worker-env PEAKROUTE_X=1`` options as a dict (the harness passes no other PEAKROUTE_*
+    variable of this shell to the workers, so a setting is A/B'd only when it is named)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("PEAKROUTE_"):
+            raise SystemExit(f"--worker-env wants PEAKROUTE_NAME=value, not {pair!r}")
+        env[key] = value
+    return env
+
+
 def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, hot: bool,
           log: list[str]) -> tuple[list[Step], dict[str, Any]]:
     """Fresh stack, ``workers`` worker processes, the rate steps in order until two in a row fail."""
@@ -472,7 +484,8 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
     with with_stack(tmp, f"stack-{'hot' if hot else 'n'}{workers}") as base:
         settings = replace(base, app_id=f"bench-{'hot' if hot else 'n'}{workers}-{int(time.time())}")
         # The rate sweep is a deliberate surge: keep the breaker evaluating, but never tripping.
-        env = env_for(settings, PEAKROUTE_BREAKER_TRIP_RATIO="1000000", PEAKROUTE_LOG_LEVEL="WARNING")
+        env = env_for(settings, PEAKROUTE_BREAKER_TRIP_RATIO="1000000", PEAKROUTE_LOG_LEVEL="WARNING",
+                      **worker_env(args.worker_env))
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
                              "acks": "all", "linger.ms": 2})
         hot_units = 0
@@ -674,6 +687,8 @@ def main() -> None:
     ap.add_argument("--ceiling-copies", type=int, default=10,
                     help="ceiling input = this many copies of a 10 s workload at the top rate; 0 skips it")
     ap.add_argument("--seed", type=int, default=20261111)
+    ap.add_argument("--worker-env", action="append", default=[], metavar="PEAKROUTE_NAME=VALUE",
+                    help="a setting for the worker processes (repeatable), e.g. PEAKROUTE_BATCH_WAIT_MS=40")
     ap.add_argument("--smoke", action="store_true", help="a few seconds per part (the test suite runs this)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the .md/.json results")
     args = ap.parse_args()
