@@ -110,6 +110,9 @@ class Settings:
     #: processes what it has.  Longer: fewer, fatter batches (less CPU per order, as much as each
     #: batch's Redis and Kafka round trips cost); shorter: less latency per hop at low rates.
     batch_wait_ms: float = 10.0
+    #: How long (ms) the broker may hold a fetch of the worker's consumer to gather 64 KiB; 0 is
+    #: faust's default (answer as soon as anything is there: many small fetches under a steady stream).
+    fetch_wait_ms: int = 0
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)

@@ -232,6 +232,7 @@ def install_guards(app: faust.App, settings: Any) -> None:
     from ..streams import consumer_fix
 
     consumer_fix.install(inputs)
+    consumer_fix.batch_fetches(settings.fetch_wait_ms)
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))

@@ -100,17 +100,6 @@ class BoundedOptions(faust_rocksdb.RocksDBOptions):
         table.set_block_cache(cache)
         table.set_cache_index_and_filter_blocks(True)  # counted in the budget, not beside it
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
-        tuning = set(filter(None, os.environ.get("PEAKROUTE_TABLE_TUNING", "").split(",")))  # EXPERIMENT
-        if "memtable_bloom" in tuning:
-            options.set_memtable_whole_key_filtering(True)
-            options.set_memtable_prefix_bloom_ratio(0.1)
-        if "hash_index" in tuning:
-            table.set_data_block_index_type(rocksdict.DataBlockIndexType.binary_and_hash())
-            table.set_data_block_hash_ratio(0.75)
-        if "pin_l0" in tuning:
-            table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        if "no_compression" in tuning:
-            options.set_compression_type(rocksdict.DBCompressionType.none())
         options.set_block_based_table_factory(table)
         return options
 

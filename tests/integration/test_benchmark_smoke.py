@@ -19,8 +19,10 @@ def test_drain_benchmark_smoke() -> None:
 
 def test_loadtest_smoke() -> None:
     """Open-loop load test, smoke mode: one short step, the ceiling, a few seconds of soak, the
-    hot-SKU run and its audit — it must run end to end and write its report."""
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--smoke"],
+    hot-SKU run and its audit — it must run end to end and write its report.  A worker setting
+    (``--worker-env``, the default value here) must reach the workers without breaking them."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--smoke",
+                          "--worker-env", "PEAKROUTE_BATCH_WAIT_MS=10"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "max sustained" in out.stdout and "of the raw ceiling" in out.stdout, out.stdout[-3000:]

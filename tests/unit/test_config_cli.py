@@ -10,8 +10,9 @@ from peakroute.config import Settings
 
 def test_settings_read_prefixed_env() -> None:
     s = Settings.from_env({"PEAKROUTE_KAFKA_BOOTSTRAP": "h:1", "PEAKROUTE_PARTITIONS": "12",
-                           "PEAKROUTE_WEBHOOK_SECRET_JD": "x"})
+                           "PEAKROUTE_WEBHOOK_SECRET_JD": "x", "PEAKROUTE_BATCH_WAIT_MS": "25"})
     assert s.kafka_bootstrap == "h:1" and s.partitions == 12 and s.kafka_external and not s.redis_external
+    assert s.batch_wait_ms == 25.0
     assert s.webhook_secrets == {"jd": "x"}
 
 
