@@ -612,11 +612,23 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "faust": faust.__version__,
             "confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
             "kafka": Settings.from_env().kafka_version, "load_1m_at_start": os.getloadavg()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit()}
+
+
+def git_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), so a result names its code."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple[list[Step], dict[str, Any]]]) -> str:
-    lines = [f"### Load test {meta['date']}", "",
+    lines = [f"### Load test {meta['date']}, commit {meta.get('commit', 'unknown')}", "",
              f"`{meta['command']}`", "",
              f"Machine: {meta['cores']} cores, {meta['ram_gib']} GiB, load {meta['load_1m_at_start']:.2f} at start; "
              f"Python {meta['python']}, faust-streaming {meta['faust']}, confluent-kafka {meta['confluent_kafka']} "
