@@ -312,3 +312,23 @@ def test_a_crash_between_sending_and_remembering_never_oversells_or_strands_a_sh
         mine = {k for k in holds if k[0] == oid}
         if s["status"] != ROUTED:
             assert not mine, f"{oid} is {s['status']} but still holds {mine}"
+
+
+def test_default_plan_ids_are_random_per_process_and_per_fork() -> None:
+    """Plan ids come from a per-process generator (no OS call per plan), and a forked child must
+    not replay its parent's sequence: a plan re-made after a crash never shares an id with a lost one."""
+    import os
+
+    from peakroute.domain.fulfillment import _random_plan_id
+
+    ids = [_random_plan_id() for _ in range(1000)]
+    assert all(len(i) == 8 and int(i, 16) >= 0 for i in ids) and len(set(ids)) > 990
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then exit at once (no pytest teardown in the child)
+        os.write(write, _random_plan_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert len(child) == 8 and child != _random_plan_id()
