@@ -116,10 +116,9 @@ def in_event(event: faust.EventT) -> None:
     _current_event.set(weakref.ref(event))
 
 
-#: Batch size and wait for ``take_events``: big enough to amortize Redis and Kafka round trips,
-#: short enough that an order never waits long for its batch to fill.
+#: Most messages per ``take_events`` batch: big enough to amortize Redis and Kafka round trips
+#: under a backlog.  How long a batch waits to fill is a setting (``PEAKROUTE_BATCH_WAIT_MS``).
 BATCH_MAX = 500
-BATCH_WITHIN_S = 0.01
 
 
 #: Restarts a message may cause by failing with a plumbing error before it is dead-lettered.

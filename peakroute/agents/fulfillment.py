@@ -31,7 +31,7 @@ from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillmen
 from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import (BATCH_MAX, BATCH_WITHIN_S, GUARDS, BatchWrites, by_partition, dead_letter_exception,
+from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
                      die, send_dead_letter, sku_partition)
 
 log = logging.getLogger("peakroute.fulfillment")
@@ -75,7 +75,7 @@ class BatchView:
 def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
              breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox, watch: Watchlist,
-             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
+             batch_wait_s: float) -> Any:
     router = OrderRouter(network, catalog)
     states = BatchWrites(state_table)
     codes = [w.code for w in network.warehouses]

@@ -22,7 +22,7 @@ from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import RAW_PREFIX
-from .common import GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, dead_letter_exception, die, send_dead_letter
+from .common import GUARDS, BATCH_MAX, BatchWrites, dead_letter_exception, die, send_dead_letter
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -64,7 +64,7 @@ def process_raw(
 
 def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: faust.TopicT,
              versions: Any, catalog: Catalog, outbox: Outbox, concurrency: int = 1,
-             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
+             batch_wait_s: float) -> Any:
     """Declare the normalize agent on ``app``.
 
     ``versions`` is the changelog-backed table (order_id → last emitted version) co-partitioned

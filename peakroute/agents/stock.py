@@ -23,7 +23,7 @@ from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
-from .common import (GUARDS, BATCH_MAX, BATCH_WITHIN_S, BatchWrites, by_partition, dead_letter_exception, die,
+from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
                      sku_partition)
 
 log = logging.getLogger("peakroute.stock")
@@ -35,7 +35,7 @@ TOMBSTONE_TTL_S = 600.0
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              levels: Any, holds: Any, views: RedisViews, outbox: Outbox,
-             batch_wait_s: float = BATCH_WITHIN_S) -> Any:
+             batch_wait_s: float) -> Any:
     levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
     ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
     #: sku -> [(level key, reserved as its holds add up)]: levels to correct before their SKU is next
