@@ -102,6 +102,18 @@ def by_partition(items: Iterable[tuple[int, Any]]) -> dict[int, list[Any]]:
     return out
 
 
+def tables_settled(app: Any) -> bool:
+    """True once this worker's tables hold everything of its current assignment: no rebalance
+    under way and faust's recovery of the active table partitions finished.
+
+    Why: a batch taken before a rebalance can still be processed while the tables recover the
+    newly assigned partitions (faust pauses fetching, not a batch already taken).  A check that
+    reads whole tables — the stock owner re-deriving ``reserved`` from its holds — must not run on
+    a half-recovered table: in a SIGSTOP zombie run it lowered ``reserved`` below the promised
+    units and they were sold again (tests/evidence/2026-11-27-zombie-oversell)."""
+    return not getattr(app, "rebalancing", False) and bool(getattr(app.tables, "actives_ready", False))
+
+
 def in_event(event: faust.EventT) -> None:
     """Make ``event`` the stream's current event while a batch is processed event by event.
 

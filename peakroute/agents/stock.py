@@ -24,7 +24,7 @@ from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
 from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
-                     sku_partition)
+                     sku_partition, tables_settled)
 
 log = logging.getLogger("peakroute.stock")
 
@@ -77,7 +77,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
         async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
             now = time.time()
-            if drift is None:
+            if drift is None and tables_settled(app):
                 drift = {}
                 for key, reserved in reserved_drift(levels, holds).items():
                     drift.setdefault(key.rsplit("|", 1)[0], []).append((key, reserved))

@@ -193,3 +193,19 @@ def test_commit_stall_reports_each_slow_partition_once_before_it_fires() -> None
     stall.observe({"a": (25, 6)}, now=31)  # moved: a new stall may be reported again
     stall.observe({"a": (25, 6)}, now=52)
     assert stall.newly_slow(20) == ["a"]
+
+
+def test_tables_settled_only_between_rebalances_with_the_actives_recovered() -> None:
+    """Whole-table checks (the stock owner's reserved-vs-holds, the order watchlist) wait for it:
+    a batch taken before a rebalance can run while faust still recovers the new partitions."""
+    from types import SimpleNamespace
+
+    from peakroute.agents.common import tables_settled
+
+    def app(rebalancing: bool, actives_ready: bool) -> SimpleNamespace:
+        return SimpleNamespace(rebalancing=rebalancing, tables=SimpleNamespace(actives_ready=actives_ready))
+
+    assert tables_settled(app(False, True))
+    assert not tables_settled(app(True, True))  # a rebalance has started: the assignment is changing
+    assert not tables_settled(app(False, False))  # recovery of the active partitions not finished
+    assert not tables_settled(app(True, False))
