@@ -32,7 +32,7 @@ from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
-                     die, send_dead_letter, sku_partition, tables_settled)
+                     die, send_dead_letter, sku_partition)
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -191,7 +191,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
     async def fulfillment_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
-            watch.ensure(state_table, recovered=tables_settled(app))
+            watch.ensure(state_table, recovered=True)
             decoded: list[tuple[faust.EventT, Any]] = []
             skus: set[str] = set()
             for event in events:

@@ -456,10 +456,9 @@ class Watchlist:
     def ensure(self, table: Any, *, recovered: bool = False, in_recovery: bool = False, now: float = 0.0,
                settle_s: float = 5.0) -> bool:
         """Rebuild from ``table`` if a restart or rebalance made the list stale and the table is
-        whole again: ``recovered`` (the caller knows the tables are whole: no rebalance under way,
-        recovery done — agents.common.tables_settled; a batch taken before a rebalance can still be
-        processed while the tables recover), or — for timers — not ``in_recovery`` and at least
-        ``settle_s`` after going stale.  Returns whether the list is
+        whole again: ``recovered`` (the agents call this from a batch: faust only delivers events
+        once recovery is done), or — for timers, which also tick during recovery — not
+        ``in_recovery`` and at least ``settle_s`` after going stale.  Returns whether the list is
         usable."""
         if self.stale and (recovered or (not in_recovery and now - self.stale_since >= settle_s)):
             self.rebuild(list(table.items()))

@@ -196,7 +196,7 @@ def test_commit_stall_reports_each_slow_partition_once_before_it_fires() -> None
 
 
 def test_tables_settled_only_between_rebalances_with_the_actives_recovered() -> None:
-    """Whole-table checks (the stock owner's reserved-vs-holds, the order watchlist) wait for it:
+    """The stock owner's reserved-vs-holds check (a whole-table read) waits for it:
     a batch taken before a rebalance can run while faust still recovers the new partitions."""
     from types import SimpleNamespace
 
