@@ -54,7 +54,8 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
                                 states_seen[key], b.state, b.rate, b.baseline, held.get(key, 0) - n_release)
                 states_seen[key] = b.state
                 for partition, oid in await store.take(key, n_release):
-                    releases.append((partition, {"outcome": "release", "order_id": oid, "by": "breaker_drain"}))
+                    releases.append((partition, {"outcome": "release", "order_id": oid, "by": "breaker_drain",
+                                                     "breaker": key}))
                 if n_release:
                     m.BREAKER_DRAINED.labels(key).inc(n_release)
                 if key in trips_seen and b.trips > trips_seen[key]:
@@ -91,7 +92,8 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
             back = [{"key": st["held_by"], "order_id": oid, "partition": st.get("p", 0), "held_at": time.time(),
                      "channel": st["order"]["channel"]} for oid, st in lost if st.get("held_by") in holding]
             await store.hold(back)
-            go = [(st.get("p", 0), {"outcome": "release", "order_id": oid, "by": "breaker_closed"})
+            go = [(st.get("p", 0), {"outcome": "release", "order_id": oid, "by": "breaker_closed",
+                                          "breaker": st.get("held_by")})
                   for oid, st in lost if st.get("held_by") not in holding]
             for partition, batch in by_partition(go).items():
                 await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)

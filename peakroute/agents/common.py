@@ -9,11 +9,12 @@ import time
 import traceback
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from ..domain.deadletter import Source, dead_letter
 from ..metrics import registry as m
@@ -112,6 +113,45 @@ def tables_settled(app: Any) -> bool:
     a half-recovered table: in a SIGSTOP zombie run it lowered ``reserved`` below the promised
     units and they were sold again (tests/evidence/2026-11-27-zombie-oversell)."""
     return not getattr(app, "rebalancing", False) and bool(getattr(app.tables, "actives_ready", False))
+
+
+def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[faust.EventT]:
+    """The events of a batch this worker may act on now: their partition is assigned to it and its
+    tables are settled (:func:`tables_settled`).  The rest are set aside unprocessed (counted,
+    logged) and read again later.
+
+    Why: faust can hand an agent a message fetched before a rebalance while the rebalance is under
+    way — it reaches the agent when faust resumes the flow to recover tables.  Its partition may
+    belong to another worker now (acting on it would write into the changelog the new owner
+    writes, and answer for stock this worker no longer owns), or its table partition may be only
+    half recovered (stock levels without their holds).  Every rebalance ends with a seek to the
+    committed offsets, so the message is read again by whoever owns it, after recovery.
+
+    A message set aside is marked done without telling the consumer: faust must never count its
+    offset as processed (faust forgets a revoked partition's acks at the revocation, and an ack
+    recorded after that could let it commit past unprocessed messages once the partition returns).
+    """
+    settled = tables_settled(app)
+    try:
+        actives = app.assignor.assigned_actives()
+    except Exception:  # noqa: BLE001 - no assignment yet (tests, a worker starting): nothing to judge
+        if settled:
+            return list(events)
+        actives = set()
+    mine = [e for e in events if TP(e.message.topic, e.message.partition) in actives] if settled else []
+    if len(mine) < len(events):
+        kept = {id(e) for e in mine}
+        aside = [e for e in events if id(e) not in kept]
+        unacked = getattr(getattr(app, "consumer", None), "_unacked_messages", None)
+        for e in aside:
+            e.message.acked = True  # take_events' ack is then a no-op: no offset is recorded
+            if unacked is not None:
+                unacked.discard(e.message)
+        m.STALE_EVENTS.labels(stage).inc(len(aside))
+        log.warning("%s: %d message(s) set aside, to be read again (%s): %s", stage, len(aside),
+                    "partition not assigned here" if settled else "rebalance under way",
+                    sorted({(e.message.topic, e.message.partition) for e in aside})[:5])
+    return mine
 
 
 def in_event(event: faust.EventT) -> None:

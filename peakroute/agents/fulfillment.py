@@ -22,7 +22,7 @@ import faust
 import orjson
 
 from ..domain.catalog import Catalog
-from ..domain.fulfillment import Effects, OrderRouter, StockView, Watchlist
+from ..domain.fulfillment import DECIDED_EARLY, Effects, OrderRouter, StockView, Watchlist
 from ..domain.network import Network
 from ..metrics import registry as m
 from ..streams.codecs import dumps
@@ -32,7 +32,7 @@ from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
-                     die, send_dead_letter, sku_partition)
+                     die, owned_events, send_dead_letter, sku_partition)
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -189,8 +189,11 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
 
     @app.agent(orders_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
+        async for batch in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
+            events = owned_events(app, batch, "fulfillment")
+            if not events:
+                continue
             watch.ensure(state_table, recovered=True)
             decoded: list[tuple[faust.EventT, Any]] = []
             skus: set[str] = set()
@@ -258,7 +261,15 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                             held += [{"key": key, "order_id": oid_, "partition": partition, "held_at": time.time(),
                                       "channel": item["channel"], "skus": [ln["sku"] for ln in item["lines"]]}
                                      for key, oid_ in one.held]
-                        elif state is None:
+                        elif state is None or state["status"] == DECIDED_EARLY:
+                            if item.get("outcome") not in ("release", "reject"):
+                                continue  # a stock answer or a timer's nudge for an order not here: nothing to do
+                            new = router.on_decision_before_order(
+                                state, oid, item["outcome"], item.get("by", "breaker_drain"), now, item.get("breaker"))
+                            if new is not state:
+                                log.warning("order %s: %s (%s) arrived before the order; kept until it arrives",
+                                            oid, item["outcome"], item.get("by"))
+                                states[oid] = {**new, "p": partition}
                             continue
                         elif item["outcome"] == "expire":
                             new, one = router.on_expiry(state, now)

@@ -22,7 +22,8 @@ from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import RAW_PREFIX
-from .common import GUARDS, BATCH_MAX, BatchWrites, dead_letter_exception, die, send_dead_letter
+from .common import (GUARDS, BATCH_MAX, BatchWrites, dead_letter_exception, die, owned_events,
+                     send_dead_letter)
 
 log = logging.getLogger("peakroute.normalize")
 
@@ -80,8 +81,9 @@ def register(app: faust.App, *, raw: faust.TopicT, orders: faust.TopicT, dlq: fa
 
     @app.agent(raw, name="normalize", concurrency=concurrency)
     async def normalize_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
+        async for batch in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
+            events = owned_events(app, batch, "normalize")
             for event in events:
                 batch_versions.event = event
                 msg = event.message

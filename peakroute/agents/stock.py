@@ -24,7 +24,7 @@ from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
 from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
-                     sku_partition, tables_settled)
+                     owned_events, sku_partition, tables_settled)
 
 log = logging.getLogger("peakroute.stock")
 
@@ -74,8 +74,11 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
         nonlocal drift
-        async for events in stream.take_events(BATCH_MAX, within=batch_wait_s):
+        async for batch in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
+            events = owned_events(app, batch, "stock")
+            if not events:
+                continue
             now = time.time()
             if drift is None and tables_settled(app):
                 drift = {}

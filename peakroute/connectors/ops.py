@@ -151,7 +151,8 @@ def add_routes(app: web.Application, settings: Settings, sink: KafkaSink, store:
         if entry is None:
             return _error(404, f"order {order_id!r} is not held for review")
         outcome = "release" if action == "approve" else "reject"
-        control = {"replies": [{"outcome": outcome, "order_id": order_id, "by": f"operator:{who}"}]}
+        control = {"replies": [{"outcome": outcome, "order_id": order_id, "by": f"operator:{who}",
+                                 "breaker": entry.get("key")}]}
         await sink.write(STOCK_REPLIES, None, orjson.dumps(control), partition=int(entry["partition"]))
         await audit(who, f"review.{action}", order_id, breaker=entry.get("key"))
         return _json({"order_id": order_id, "action": action, "breaker": entry.get("key")})

@@ -32,6 +32,8 @@ BACKORDERED = "backordered"
 CANCELLED = "cancelled"
 SHIPPED = "shipped"
 HELD = "held"  # held for review by the surge breaker (later stage)
+#: Not an order yet: a review decision (release / reject) that arrived before the order itself.
+DECIDED_EARLY = "decided_early"
 
 
 @dataclass
@@ -121,6 +123,46 @@ class OrderRouter:
         ``hold_keys``: the surge breakers that are holding orders like this one; a new order that
         wants stock is then held for review instead of reserved.
         """
+        if state is not None and state["status"] == DECIDED_EARLY:
+            return self._decided_before_it_arrived(state["early"][0], order, view, now)
+        return self._on_order(state, order, view, now, hold_keys)
+
+    def on_decision_before_order(self, state: dict | None, order_id: str, outcome: str, by: str,
+                                 now: str, breaker: str | None = None) -> dict:
+        """A review decision (``release`` / ``reject``) for an order this owner has no state for:
+        kept, and applied when the order arrives (:meth:`on_order`).  The first decision wins, as
+        it does for a held order.
+
+        Why: a worker stopped after its batch put a held order in Redis but before it wrote the
+        order's state; the next owner reads the order again.  An operator's decision made in
+        between travels on another topic (stock-replies) and can arrive first — dropped, the
+        order would be held again and later drained and routed although the operator rejected it."""
+        if state is not None:
+            return state
+        return {"order_id": order_id, "status": DECIDED_EARLY,
+                "early": [{"outcome": outcome, "by": by, "at": now, "breaker": breaker}]}
+
+    def _decided_before_it_arrived(self, decision: dict, order: dict, view: StockView,
+                                   now: str) -> tuple[dict, Effects]:
+        """The order arrives after its review decision: held as it was before, then decided at once."""
+        state, fx = self._on_order(None, order, view, now, hold_keys=[decision.get("breaker") or "review"])
+        fx.held.clear()  # decided already: never held again in the breaker's store
+        if state["status"] == HELD:
+            decide = self.on_reject(state, now, decision["by"]) if decision["outcome"] == "reject" \
+                else self.on_release(state, view, now, decision["by"])
+        elif decision["outcome"] == "reject" and state["status"] != CANCELLED:
+            # Not held this time (not paid yet, say): the operator's rejection still stands.
+            decide = self._cancel(state, now, "rejected_in_review", Effects(review=[
+                {"type": "rejected", "order_id": state["order_id"], "breaker": decision.get("breaker"), "by": decision["by"],
+                 "at": now}]))
+        else:
+            return state, fx
+        state, more = decide
+        fx.extend(more)
+        return state, fx
+
+    def _on_order(self, state: dict | None, order: dict, view: StockView, now: str,
+                  hold_keys: list[str] | tuple[str, ...] = ()) -> tuple[dict, Effects]:
         fx = Effects()
         oid = order["order_id"]
         status = order["status"]
@@ -456,8 +498,8 @@ class Watchlist:
     def ensure(self, table: Any, *, recovered: bool = False, in_recovery: bool = False, now: float = 0.0,
                settle_s: float = 5.0) -> bool:
         """Rebuild from ``table`` if a restart or rebalance made the list stale and the table is
-        whole again: ``recovered`` (the agents call this from a batch: faust only delivers events
-        once recovery is done), or — for timers, which also tick during recovery — not
+        whole again: ``recovered`` (the agents call this from a batch they act on, and they act
+        only with the tables settled: agents.common.owned_events), or — for timers, which also tick during recovery — not
         ``in_recovery`` and at least ``settle_s`` after going stale.  Returns whether the list is
         usable."""
         if self.stale and (recovered or (not in_recovery and now - self.stale_since >= settle_s)):

@@ -90,6 +90,10 @@ SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS repor
 RESERVED_REDERIVED = Counter(
     "peakroute_reserved_rederived_total",
     "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")
+STALE_EVENTS = Counter(
+    "peakroute_stale_events_dropped_total",
+    "Messages an agent set aside unprocessed (handed over during a rebalance, or of a partition assigned elsewhere): read again after the rebalance's seek",
+    ["stage"])
 RESERVATION_RETRIES = Counter(
     "peakroute_reservation_retries_total", "Reservations asked again after waiting too long for an answer")
 OFFSET_REWINDS = Counter(

@@ -4,7 +4,7 @@ released exactly once, and rejected ones end cancelled."""
 from __future__ import annotations
 
 from peakroute.domain.catalog import Catalog, CatalogItem
-from peakroute.domain.fulfillment import CANCELLED, HELD, RESERVING, OrderRouter, StockView
+from peakroute.domain.fulfillment import CANCELLED, DECIDED_EARLY, HELD, RESERVING, OrderRouter, StockView
 from peakroute.domain.network import Network, Warehouse
 
 NET = Network(warehouses=(Warehouse("WH-A", "A", 30, 120, frozenset({"*"}), 100, "16:00",
@@ -62,3 +62,47 @@ def test_channel_cancel_while_held_unholds() -> None:
     state, fx = ROUTER.on_order(state, order("cancelled", updated="2026-11-11T00:02:00Z"), VIEW, "t1")
     assert state["status"] == CANCELLED and fx.unheld == ["douyin:1"] and not fx.stock_ops
     assert fx.review[0]["type"] == "cancelled"
+
+
+# A review decision can arrive before the order it decides: a worker stopped after its batch put
+# the order in the breaker's store but before it wrote the order's state, and the next owner reads
+# the order again — the decision comes on another topic and can be read first.
+
+def early(outcome: str, by: str, state: dict | None = None) -> dict:
+    return ROUTER.on_decision_before_order(state, "douyin:1", outcome, by, "t1", breaker="channel:douyin")
+
+
+def test_a_rejection_that_arrives_before_its_order_cancels_it_when_it_arrives() -> None:
+    stub = early("reject", "operator:ann")
+    assert stub["status"] == DECIDED_EARLY
+    state, fx = ROUTER.on_order(stub, order(), VIEW, "t2", hold_keys=["channel:douyin"])
+    assert state["status"] == CANCELLED and not fx.stock_ops and not fx.held
+    assert [r["type"] for r in fx.review] == ["held", "rejected"]
+    assert fx.review[-1]["by"] == "operator:ann" and fx.review[-1]["breaker"] == "channel:douyin"
+    assert [e["event"] for e in fx.events] == ["accepted", "held", "cancelled"]
+    # The same order read again changes nothing: nothing reopens a cancelled order.
+    again, fx2 = ROUTER.on_order(state, order(), VIEW, "t3", hold_keys=["channel:douyin"])
+    assert again["status"] == CANCELLED and not fx2.stock_ops and not fx2.held
+
+
+def test_a_rejection_before_its_order_stands_even_if_the_breaker_has_closed() -> None:
+    state, fx = ROUTER.on_order(early("reject", "operator:ann"), order(), VIEW, "t2")  # no breaker holds now
+    assert state["status"] == CANCELLED and not fx.stock_ops and not fx.held
+
+
+def test_a_rejection_before_an_unpaid_order_still_cancels_it() -> None:
+    state, fx = ROUTER.on_order(early("reject", "operator:ann"), order("pending_payment"), VIEW, "t2")
+    assert state["status"] == CANCELLED and fx.review[-1]["type"] == "rejected" and not fx.held
+
+
+def test_a_release_that_arrives_before_its_order_routes_it_once_without_holding_it_again() -> None:
+    state, fx = ROUTER.on_order(early("release", "breaker_drain"), order(), VIEW, "t2", hold_keys=["channel:douyin"])
+    assert state["status"] == RESERVING and len(fx.stock_ops) == 1 and not fx.held
+    assert fx.unheld == ["douyin:1"] and fx.review[-1]["type"] == "released"
+
+
+def test_the_first_early_decision_wins() -> None:
+    stub = early("reject", "operator:ann")
+    assert early("release", "breaker_drain", stub) is stub
+    state, _ = ROUTER.on_order(stub, order(), VIEW, "t2", hold_keys=["channel:douyin"])
+    assert state["status"] == CANCELLED
