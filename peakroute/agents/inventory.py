@@ -15,7 +15,7 @@ from ..domain.canonical import Rejection
 from ..domain.catalog import Catalog
 from ..domain.inventory import parse_inventory
 from ..streams.codecs import dumps
-from .common import dead_letter_exception, send_dead_letter, sku_partition
+from .common import GUARDS, dead_letter_exception, owned_events, send_dead_letter, sku_partition
 
 
 def register(app: faust.App, *, inventory: faust.TopicT, stock_ops: faust.TopicT, dlq: faust.TopicT,
@@ -23,10 +23,18 @@ def register(app: faust.App, *, inventory: faust.TopicT, stock_ops: faust.TopicT
     @app.agent(inventory, name="inventory")
     async def inventory_agent(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            # A stale or a zombie's forward would be applied out of order with the owner's, and
+            # the owner's per-partition watermark (Ledger.inventory_applied) would then skip one.
+            if not owned_events(app, [event], "inventory"):
+                continue
             try:
+                GUARDS.freeze.check("inventory")
                 if not event.message.value:
                     raise Rejection("malformed_json", "$", "empty inventory message")
                 op = parse_inventory(event.message.value, catalog, warehouses)
+                # Where it came from: the owner applies one WMS message once, however often it is
+                # forwarded (a worker that dies before committing forwards it again).
+                op["src"] = [event.message.partition, event.message.offset]
                 await stock_ops.send(key=None, value=dumps({"ops": [op]}),
                                      partition=sku_partition(op["sku"], partitions))
             except Rejection as rej:

@@ -56,7 +56,9 @@ class ReserveResult:
     available: int  #: units still available at that warehouse after the decision
 
 
-Levels = MutableMapping[str, list[int]]  # level_key -> [on_hand, reserved, safety(, offset, index of last stock change)]
+#: level_key -> [on_hand, reserved, safety(, offset, index of the last stock change(, {inventory
+#: partition: offset of the last WMS message applied}))]
+Levels = MutableMapping[str, list]
 Holds = MutableMapping[str, dict]  # hold_key -> Hold.to_dict() (+ "x": [offset, index] once shipped)
 
 #: Position of a change that came without one (tests, direct calls): never "already applied".
@@ -92,8 +94,8 @@ class Ledger:
     def _put(self, sku: str, warehouse: str, on_hand: int, reserved: int, safety: int) -> None:
         key = level_key(sku, warehouse)
         old = self.levels.get(key)
-        # Keep the level's stock-change watermark (elements 3-4), if any: see applied_at().
-        self.levels[key] = [on_hand, reserved, safety, *old[3:5]] if old and len(old) > 3 else \
+        # Keep the level's watermarks (elements 3-5), if any: see applied_at() and inventory_applied().
+        self.levels[key] = [on_hand, reserved, safety, *old[3:]] if old and len(old) > 3 else \
             [on_hand, reserved, safety]
 
     def applied_at(self, sku: str, warehouse: str) -> tuple[int, int]:
@@ -107,13 +109,34 @@ class Ledger:
     def mark_applied(self, sku: str, warehouse: str, position: tuple[int, int]) -> None:
         key = level_key(sku, warehouse)
         v = self.levels.get(key) or [0, 0, 0]
-        self.levels[key] = [v[0], v[1], v[2], position[0], position[1]]
+        self.levels[key] = [v[0], v[1], v[2], position[0], position[1], *v[5:6]]
+
+    def inventory_applied(self, sku: str, warehouse: str, source_partition: int) -> int:
+        """Offset of the last WMS message (``peakroute.inventory``) from ``source_partition``
+        applied to this level, or -1.
+
+        Why: the inventory stage forwards each WMS message to the SKU's owner at least once — a
+        worker that dies after forwarding and before committing forwards it again, as a *new*
+        stock-ops message, which :meth:`applied_at` cannot recognise.  A receipt counted twice
+        is stock that does not exist, sold.  The stage forwards one inventory partition's messages
+        in order, so one offset per inventory partition says what this level has taken."""
+        v = self.levels.get(level_key(sku, warehouse))
+        marks = v[5] if v and len(v) > 5 else {}
+        return int(marks.get(str(source_partition), -1))
+
+    def mark_inventory(self, sku: str, warehouse: str, source_partition: int, offset: int) -> None:
+        key = level_key(sku, warehouse)
+        v = self.levels.get(key) or [0, 0, 0]
+        pos = v[3:5] if len(v) > 4 else [-1, -1]
+        marks = dict(v[5]) if len(v) > 5 else {}
+        marks[str(source_partition)] = offset
+        self.levels[key] = [v[0], v[1], v[2], *pos, marks]
 
     def set_reserved(self, key: str, reserved: int) -> int:
         """Overwrite one level's ``reserved`` (see :func:`reserved_drift`); return the old value."""
         v = self.levels.get(key)
         on_hand, old, safety = (v[0], v[1], v[2]) if v else (0, 0, 0)
-        self.levels[key] = [on_hand, reserved, safety, *(v[3:5] if v else [])]
+        self.levels[key] = [on_hand, reserved, safety, *(v[3:] if v else [])]
         return old
 
     # -- reservations --------------------------------------------------------------------------
@@ -293,11 +316,16 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
                 position = (source_offset, index)
                 if ledger.applied_at(op["sku"], op["warehouse"]) >= position:
                     continue  # this very change, read again after a restart
+            src = op.get("src")  # [inventory partition, offset] of the WMS message it came from
+            if src is not None and ledger.inventory_applied(op["sku"], op["warehouse"], int(src[0])) >= int(src[1]):
+                continue  # the same WMS message, forwarded again (see Ledger.inventory_applied)
             evicted = ledger.set_stock(op["sku"], op["warehouse"], on_hand=op.get("on_hand"),
                                        safety=op.get("safety"), delta=int(op.get("delta", 0)))
             touched.add((op["sku"], op["warehouse"]))
             if source_offset is not None:
                 ledger.mark_applied(op["sku"], op["warehouse"], position)
+            if src is not None:
+                ledger.mark_inventory(op["sku"], op["warehouse"], int(src[0]), int(src[1]))
             for held in evicted:
                 replies.append({"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id,
                                 "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,

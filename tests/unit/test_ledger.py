@@ -237,6 +237,36 @@ def test_an_inventory_change_read_again_after_a_crash_is_applied_once() -> None:
     assert led.level("SKU-A", "WH-1") == (307, 5, 1)
 
 
+def test_a_wms_message_forwarded_twice_is_applied_once() -> None:
+    """The inventory stage forwards a WMS message at least once: a worker that dies after
+    forwarding and before committing forwards it again, as a new stock-ops message (a new
+    position).  The level remembers, per inventory partition, the last WMS message it took."""
+    from peakroute.domain.ledger import apply_ops
+
+    led = Ledger({}, {})
+
+    def wms(partition: int, offset: int, **change: int) -> list[dict]:
+        return [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", **change, "src": [partition, offset]}]
+
+    apply_ops(led, wms(0, 7, on_hand=10, safety=1), 41)
+    apply_ops(led, wms(0, 8, delta=100), 42)
+    apply_ops(led, wms(0, 8, delta=100), 57)  # forwarded again by the next owner of inventory[0]
+    assert led.level("SKU-A", "WH-1") == (110, 0, 1)
+    apply_ops(led, wms(3, 2, delta=5), 58)  # another inventory partition has its own sequence
+    apply_ops(led, wms(0, 9, delta=-10), 59)
+    apply_ops(led, wms(3, 2, delta=5), 60)
+    assert led.level("SKU-A", "WH-1") == (105, 0, 1)
+    assert (led.inventory_applied("SKU-A", "WH-1", 0), led.inventory_applied("SKU-A", "WH-1", 3)) == (9, 2)
+    # Every other write of the level keeps the watermarks.
+    led.reserve("o1", "1", "SKU-A", "WH-1", 5, 1, "t", position=(61, 0))
+    led.set_reserved("SKU-A|WH-1", 5)
+    led.mark_applied("SKU-A", "WH-1", (62, 0))
+    led.release("o1", "1")
+    assert led.inventory_applied("SKU-A", "WH-1", 0) == 9 and led.applied_at("SKU-A", "WH-1") == (62, 0)
+    apply_ops(led, wms(0, 9, delta=-10), 63)
+    assert led.level("SKU-A", "WH-1") == (105, 0, 1)
+
+
 def test_a_torn_shipment_confirmation_lands_exactly_once() -> None:
     """The two records a shipment writes (the level: on-hand and reserved down; the hold: now a
     tombstone) can land one without the other when a worker is killed; the batch is then read
