@@ -181,3 +181,33 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
     assert {(a["who"], a["action"], a["target"]) for a in audit} >= {("ann", "review.approve", approve),
                                                                       ("ann", "review.reject", reject)}
     print(f"breaker opened {opened_after:.1f} s after the surge began; {len(held_ids)} orders held")
+
+
+def test_a_review_decision_that_reaches_the_owner_before_its_order_is_applied_when_it_arrives(env) -> None:
+    """A worker stopped after its batch held an order (in Redis) but before it wrote the order's
+    state: the next owner reads the order again, and the operator's decision made in between
+    travels on stock-replies, so it can arrive first.  It is kept and applied when the order comes
+    (before, it was dropped and the order was held again, drained and routed although rejected)."""
+    from aiokafka.partitioner import murmur2
+
+    from peakroute.connectors.kafka import make_producer
+    from peakroute.streams.topics import STOCK_REPLIES
+
+    settings, base, procs, tmp, extra = env
+    rejected, approved = (mk.sim_order([("T-BRK", 1)], channel="douyin") for _ in range(2))
+    decisions = {f"douyin:{rejected.channel_order_id}": "reject", f"douyin:{approved.channel_order_id}": "release"}
+    producer = make_producer(settings)
+    for oid, outcome in decisions.items():
+        owner = (murmur2(oid.encode()) & 0x7FFFFFFF) % settings.partitions  # the orders topic's partitioner
+        control = {"outcome": outcome, "order_id": oid, "by": "operator:ann", "breaker": "channel:douyin"}
+        producer.produce(STOCK_REPLIES, value=orjson.dumps({"replies": [control]}), partition=owner)
+    assert producer.flush(30) == 0
+    wait_for(lambda: all(sum(p.output().count(f"order {oid}: {outcome}") for p in procs.values())
+                         for oid, outcome in decisions.items()), 60, "both decisions kept by the orders' owners")
+    produce(settings, raw_topic("douyin"), [(o.channel_order_id.encode(), mk.payload(o)) for o in (rejected, approved)])
+    want = set(decisions)
+    evs = wait_for(lambda: (lambda e: e if all(any(is_terminal(x) for x in e.get(o, [])) for o in want) else None)(
+        events_of(settings, want)), 120, "an outcome for both orders", step=2)
+    reject_id, approve_id = sorted(want, key=lambda o: decisions[o] != "reject")
+    assert evs[reject_id][-1] == "cancelled" and "reserved" not in evs[reject_id], evs[reject_id]
+    assert "released_from_review" in evs[approve_id] and evs[approve_id][-1] in ("routed", "split"), evs[approve_id]
