@@ -464,6 +464,11 @@ def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, dra
     since = sc.fault_ended or 0.0
     rec_at = sc.monitor.recovered_at(since, threshold) if sc.fault_ended else None
     parsed = parse_audit(text)
+    aside = [int(m.group(1)) for w in sc.pool.workers
+             for m in re.finditer(r"(\d+) message\(s\) set aside", w.logs())]
+    if aside:  # agents.common.owned_events: handed over during a rebalance, read again after its seek
+        sc.facts.append(f"messages set aside during rebalances (read again after the seek): {sum(aside):,} "
+                        f"in {len(aside)} batches")
     report = Report(name=sc.name, **parsed, stuck=len(stuck), healed_by_watchdog=first_stuck - len(stuck),
                     recovery_s=(rec_at - since) if rec_at is not None else None,
                     peak_lag=sc.monitor.peak(), drain_s=drained - load_end, restarts=list(sc.pool.restarts),
