@@ -300,8 +300,18 @@ class OrderRouter:
         return state, fx
 
     def on_reject(self, state: dict, now: str, by: str) -> tuple[dict, Effects]:
-        """An operator rejected a held order: it ends cancelled, nothing was reserved."""
+        """An operator rejected a held order: it ends cancelled, nothing was reserved.
+
+        An operator can only reject an order the breaker's store holds, so a rejection that finds
+        the order on its way (waiting, reserving, routed, backordered) means its hold was lost with
+        a stopped worker's batch and the order was read again after the breaker had closed: the
+        rejection still stands, and the order is cancelled like a channel cancel (its holds
+        released, its shipment requests taken back).  A shipped order stays shipped."""
         fx = Effects()
+        if state["status"] in (WAITING, RESERVING, ROUTED, BACKORDERED):
+            fx.review.append({"type": "rejected", "order_id": state["order_id"], "breaker": state.get("held_by"),
+                              "by": by, "at": now})
+            return self._cancel(state, now, "rejected_in_review", fx)
         if state["status"] != HELD:
             return state, fx
         fx.review.append({"type": "rejected", "order_id": state["order_id"], "breaker": state.get("held_by"),

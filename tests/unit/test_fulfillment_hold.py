@@ -106,3 +106,21 @@ def test_the_first_early_decision_wins() -> None:
     assert early("release", "breaker_drain", stub) is stub
     state, _ = ROUTER.on_order(stub, order(), VIEW, "t2", hold_keys=["channel:douyin"])
     assert state["status"] == CANCELLED
+
+
+def test_a_rejection_that_finds_the_order_already_on_its_way_still_cancels_it() -> None:
+    """The hold was lost with a stopped worker's batch and the order was read again after the
+    breaker closed: the operator's rejection (made while Redis still held it) still stands."""
+    state, fx0 = ROUTER.on_order(None, order(), VIEW, "t0")  # not held: reserving
+    assert state["status"] == RESERVING
+    state, fx = ROUTER.on_reject(state, "t1", by="operator:ann")
+    assert state["status"] == CANCELLED and fx.review[0]["type"] == "rejected"
+    # The reservation it asked for is given back when its confirmation comes.
+    ask = fx0.stock_ops[0]
+    confirmed = {"outcome": "confirmed", "order_id": ask["order_id"], "line_id": ask["line_id"], "sku": ask["sku"],
+                 "warehouse": ask["warehouse"], "attempt": ask["attempt"], "qty": ask["qty"], "plan": ask.get("plan", "")}
+    _, fx2 = ROUTER.on_reply(state, confirmed, VIEW, "t2")
+    assert [op["op"] for op in fx2.stock_ops] == ["release"]
+    # A release (a drain, an approval) that finds it on its way changes nothing.
+    moving, _ = ROUTER.on_order(None, order(), VIEW, "t0")
+    assert ROUTER.on_release(moving, VIEW, "t1")[0] is moving
