@@ -125,7 +125,9 @@ def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[f
     belong to another worker now (acting on it would write into the changelog the new owner
     writes, and answer for stock this worker no longer owns), or its table partition may be only
     half recovered (stock levels without their holds).  Every rebalance ends with a seek to the
-    committed offsets, so the message is read again by whoever owns it, after recovery.
+    committed offsets, so the message is read again by whoever owns it, after recovery; and the
+    consumer fix is told the message was not delivered, so a message fetched after that seek (in
+    the instant before faust marks the tables recovered) is fetched again too.
 
     A message set aside is marked done without telling the consumer: faust must never count its
     offset as processed (faust forgets a revoked partition's acks at the revocation, and an ack
@@ -142,11 +144,17 @@ def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[f
     if len(mine) < len(events):
         kept = {id(e) for e in mine}
         aside = [e for e in events if id(e) not in kept]
-        unacked = getattr(getattr(app, "consumer", None), "_unacked_messages", None)
+        consumer = getattr(app, "consumer", None)
+        unacked = getattr(consumer, "_unacked_messages", None)
+        # The consumer fix's tracker (streams/consumer_fix.py) then fetches the partition again from
+        # the first message set aside, should no seek of the rebalance cover it.
+        tracker = getattr(consumer, "__dict__", {}).get("_peakroute_offsets")
         for e in aside:
             e.message.acked = True  # take_events' ack is then a no-op: no offset is recorded
             if unacked is not None:
                 unacked.discard(e.message)
+            if tracker is not None:
+                tracker.undelivered(TP(e.message.topic, e.message.partition), e.message.offset)
         m.STALE_EVENTS.labels(stage).inc(len(aside))
         log.warning("%s: %d message(s) set aside, to be read again (%s): %s", stage, len(aside),
                     "partition not assigned here" if settled else "rebalance under way",

@@ -224,18 +224,23 @@ def test_events_of_partitions_not_owned_or_during_a_rebalance_are_set_aside_unco
     from peakroute.metrics import registry as m
 
     class Message:  # hashable by identity, as faust's messages are
-        def __init__(self, topic: str, partition: int) -> None:
-            self.topic, self.partition, self.acked = topic, partition, False
+        def __init__(self, topic: str, partition: int, offset: int = 10) -> None:
+            self.topic, self.partition, self.offset, self.acked = topic, partition, offset, False
 
     def event(topic: str, partition: int) -> SimpleNamespace:
         message = Message(topic, partition)
         unacked.add(message)
         return SimpleNamespace(message=message)
 
+    from peakroute.streams.consumer_fix import OffsetTracker
+
+    tracker = OffsetTracker()
+    tracker.expected[TP("ops", 1)] = 11  # offset 10 of ops[1] was delivered
+
     def app(actives: set, rebalancing: bool = False, actives_ready: bool = True) -> SimpleNamespace:
         return SimpleNamespace(assignor=SimpleNamespace(assigned_actives=lambda: actives),
                                rebalancing=rebalancing, tables=SimpleNamespace(actives_ready=actives_ready),
-                               consumer=SimpleNamespace(_unacked_messages=unacked))
+                               consumer=SimpleNamespace(_unacked_messages=unacked, _peakroute_offsets=tracker))
 
     unacked: set = set()  # faust's consumer waits for these at a revocation
     mine, theirs, other_topic = event("ops", 0), event("ops", 1), event("replies", 0)
@@ -245,6 +250,7 @@ def test_events_of_partitions_not_owned_or_during_a_rebalance_are_set_aside_unco
     assert m.STALE_EVENTS.labels("stock")._value.get() - before == 1
     assert theirs.message.acked and not mine.message.acked  # take_events' ack of it records nothing
     assert theirs.message not in unacked and mine.message in unacked
+    assert tracker.expected[TP("ops", 1)] == 10  # the consumer fix expects it again (fetched again)
 
     during = [event("ops", 0), event("replies", 0)]
     assert owned_events(app({TP("ops", 0)}, rebalancing=True), during, "stock") == []
