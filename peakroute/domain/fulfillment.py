@@ -152,9 +152,9 @@ class OrderRouter:
                 else self.on_release(state, view, now, decision["by"])
         elif decision["outcome"] == "reject" and state["status"] != CANCELLED:
             # Not held this time (not paid yet, say): the operator's rejection still stands.
-            decide = self._cancel(state, now, "rejected_in_review", Effects(review=[
-                {"type": "rejected", "order_id": state["order_id"], "breaker": decision.get("breaker"), "by": decision["by"],
-                 "at": now}]))
+            rejected = {"type": "rejected", "order_id": state["order_id"], "breaker": decision.get("breaker"),
+                        "by": decision["by"], "at": now}
+            decide = self._cancel(state, now, "rejected_in_review", Effects(review=[rejected]))
         else:
             return state, fx
         state, more = decide
@@ -509,9 +509,9 @@ class Watchlist:
                settle_s: float = 5.0) -> bool:
         """Rebuild from ``table`` if a restart or rebalance made the list stale and the table is
         whole again: ``recovered`` (the agents call this from a batch they act on, and they act
-        only with the tables settled: agents.common.owned_events), or — for timers, which also tick during recovery — not
-        ``in_recovery`` and at least ``settle_s`` after going stale.  Returns whether the list is
-        usable."""
+        only with the tables settled: agents.common.owned_events), or — for timers, which also
+        tick during recovery — not ``in_recovery`` and at least ``settle_s`` after going stale.
+        Returns whether the list is usable."""
         if self.stale and (recovered or (not in_recovery and now - self.stale_since >= settle_s)):
             self.rebuild(list(table.items()))
         return not self.stale

@@ -92,7 +92,8 @@ RESERVED_REDERIVED = Counter(
     "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")
 STALE_EVENTS = Counter(
     "peakroute_stale_events_dropped_total",
-    "Messages an agent set aside unprocessed (handed over during a rebalance, or of a partition assigned elsewhere): read again after the rebalance's seek",
+    "Messages an agent set aside unprocessed (handed over during a rebalance, or of a partition assigned "
+    "elsewhere): read again after the rebalance's seek",
     ["stage"])
 RESERVATION_RETRIES = Counter(
     "peakroute_reservation_retries_total", "Reservations asked again after waiting too long for an answer")

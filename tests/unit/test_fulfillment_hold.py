@@ -117,8 +117,8 @@ def test_a_rejection_that_finds_the_order_already_on_its_way_still_cancels_it() 
     assert state["status"] == CANCELLED and fx.review[0]["type"] == "rejected"
     # The reservation it asked for is given back when its confirmation comes.
     ask = fx0.stock_ops[0]
-    confirmed = {"outcome": "confirmed", "order_id": ask["order_id"], "line_id": ask["line_id"], "sku": ask["sku"],
-                 "warehouse": ask["warehouse"], "attempt": ask["attempt"], "qty": ask["qty"], "plan": ask.get("plan", "")}
+    confirmed = {"outcome": "confirmed", "plan": ask.get("plan", ""),
+                 **{k: ask[k] for k in ("order_id", "line_id", "sku", "warehouse", "attempt", "qty")}}
     _, fx2 = ROUTER.on_reply(state, confirmed, VIEW, "t2")
     assert [op["op"] for op in fx2.stock_ops] == ["release"]
     # A release (a drain, an approval) that finds it on its way changes nothing.
