@@ -89,6 +89,14 @@ def build_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
         stream_buffer_maxsize=16384,
+        # No standby copies of the tables: a takeover always recovers the partitions it gets from
+        # their changelogs.  In the long form of the SIGSTOP fault test (three freezes in a row) a
+        # worker started 20 s earlier took over its peer's partitions from its standby copies, and
+        # faust reported them recovered while their hold and order-state records were mostly
+        # missing: reserved re-derived 118 -> 10, 229 units oversold and 25 lines shipped twice.
+        # With standbys off the same test audits clean (tests/evidence/2026-11-27-long-zombie).
+        # The cost is a longer takeover (the changelog is read from the start, not caught up).
+        table_standby_replicas=0,
         web_enabled=False,
         key_serializer="raw",
         value_serializer="raw",

@@ -27,3 +27,15 @@ def test_batch_fetches_sets_the_created_consumers_fetch_fields() -> None:
     finally:
         consumer_fix.batch_fetches(0)
     assert asyncio.run(created()) == (1, 1500)  # faust's own
+
+
+def test_workers_keep_no_standby_table_copies(tmp_path) -> None:
+    """A takeover recovers its partitions from the changelogs, never from faust's standby copies:
+    promoted standbys were found incomplete (tests/evidence/2026-11-27-long-zombie)."""
+    from dataclasses import replace
+
+    from peakroute.config import Settings
+    from peakroute.streams.app import build_app
+
+    settings = replace(Settings(), kafka_bootstrap="127.0.0.1:1", state_dir=str(tmp_path))
+    assert build_app(settings).conf.table_standby_replicas == 0
