@@ -134,16 +134,16 @@ def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[f
     recorded after that could let it commit past unprocessed messages once the partition returns).
     """
     settled = tables_settled(app)
-    try:
-        actives = app.assignor.assigned_actives()
-    except Exception:  # noqa: BLE001 - no assignment yet (tests, a worker starting): nothing to judge
-        if settled:
+    if settled:
+        try:
+            actives = app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - no assignment yet (tests, a worker starting): nothing to judge
             return list(events)
-        actives = set()
-    mine = [e for e in events if TP(e.message.topic, e.message.partition) in actives] if settled else []
-    if len(mine) < len(events):
-        kept = {id(e) for e in mine}
-        aside = [e for e in events if id(e) not in kept]
+    mine: list[faust.EventT] = []
+    aside: list[faust.EventT] = []
+    for e in events:
+        (mine if settled and TP(e.message.topic, e.message.partition) in actives else aside).append(e)
+    if aside:
         consumer = getattr(app, "consumer", None)
         unacked = getattr(consumer, "_unacked_messages", None)
         # The consumer fix's tracker (streams/consumer_fix.py) then fetches the partition again from

@@ -24,7 +24,7 @@ from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
 from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
-                     owned_events, sku_partition, tables_settled)
+                     owned_events, sku_partition)
 
 log = logging.getLogger("peakroute.stock")
 
@@ -80,7 +80,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
             if not events:
                 continue
             now = time.time()
-            if drift is None and tables_settled(app):
+            if drift is None:  # owned_events: a batch is acted on only with the tables settled
                 drift = {}
                 for key, reserved in reserved_drift(levels, holds).items():
                     drift.setdefault(key.rsplit("|", 1)[0], []).append((key, reserved))

@@ -147,14 +147,10 @@ class OrderRouter:
         """The order arrives after its review decision: held as it was before, then decided at once."""
         state, fx = self._on_order(None, order, view, now, hold_keys=[decision.get("breaker") or "review"])
         fx.held.clear()  # decided already: never held again in the breaker's store
-        if state["status"] == HELD:
-            decide = self.on_reject(state, now, decision["by"]) if decision["outcome"] == "reject" \
-                else self.on_release(state, view, now, decision["by"])
-        elif decision["outcome"] == "reject" and state["status"] != CANCELLED:
-            # Not held this time (not paid yet, say): the operator's rejection still stands.
-            rejected = {"type": "rejected", "order_id": state["order_id"], "breaker": decision.get("breaker"),
-                        "by": decision["by"], "at": now}
-            decide = self._cancel(state, now, "rejected_in_review", Effects(review=[rejected]))
+        if decision["outcome"] == "reject":  # held or not (not paid yet, say): the rejection stands
+            decide = self.on_reject(state, now, decision["by"], breaker=decision.get("breaker"))
+        elif state["status"] == HELD:
+            decide = self.on_release(state, view, now, decision["by"])
         else:
             return state, fx
         state, more = decide
@@ -299,24 +295,22 @@ class OrderRouter:
             fx.extend(more)
         return state, fx
 
-    def on_reject(self, state: dict, now: str, by: str) -> tuple[dict, Effects]:
+    def on_reject(self, state: dict, now: str, by: str, breaker: str | None = None) -> tuple[dict, Effects]:
         """An operator rejected a held order: it ends cancelled, nothing was reserved.
 
         An operator can only reject an order the breaker's store holds, so a rejection that finds
         the order on its way (waiting, reserving, routed, backordered) means its hold was lost with
         a stopped worker's batch and the order was read again after the breaker had closed: the
         rejection still stands, and the order is cancelled like a channel cancel (its holds
-        released, its shipment requests taken back).  A shipped order stays shipped."""
+        released, its shipment requests taken back).  A shipped order stays shipped.
+        ``breaker``: the breaker that held it, when the state does not say (an early decision)."""
         fx = Effects()
-        if state["status"] in (WAITING, RESERVING, ROUTED, BACKORDERED):
-            fx.review.append({"type": "rejected", "order_id": state["order_id"], "breaker": state.get("held_by"),
-                              "by": by, "at": now})
-            return self._cancel(state, now, "rejected_in_review", fx)
-        if state["status"] != HELD:
+        if state["status"] not in (HELD, WAITING, RESERVING, ROUTED, BACKORDERED):
             return state, fx
-        fx.review.append({"type": "rejected", "order_id": state["order_id"], "breaker": state.get("held_by"),
-                          "by": by, "at": now})
-        fx.unheld.append(state["order_id"])
+        fx.review.append({"type": "rejected", "order_id": state["order_id"],
+                          "breaker": breaker or state.get("held_by"), "by": by, "at": now})
+        if state["status"] == HELD:
+            fx.unheld.append(state["order_id"])
         return self._cancel(state, now, "rejected_in_review", fx)
 
     def on_retry(self, state: dict, now: str) -> tuple[dict, Effects]:
