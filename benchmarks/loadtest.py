@@ -64,7 +64,6 @@ from peakroute.domain.network import load_network  # noqa: E402
 from peakroute.streams.topics import (  # noqa: E402
     INVENTORY,
     ORDER_EVENTS,
-    ORDERS,
     RAW_TOPICS,
     STOCK_OPS,
     STOCK_REPLIES,
@@ -72,7 +71,7 @@ from peakroute.streams.topics import (  # noqa: E402
     raw_topic,
 )
 
-PIPELINE_TOPICS = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
+PIPELINE_TOPICS = [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES]  # what the workers consume
 HOT_SKU = "SKU-LIPSTICK-07"
 #: Order events that end an order's routing (it was sent to warehouses, or there was no stock).
 OUTCOMES = ("routed", "split", "backordered")
@@ -486,8 +485,9 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
         # The rate sweep is a deliberate surge: keep the breaker evaluating, but never tripping.
         env = env_for(settings, PEAKROUTE_BREAKER_TRIP_RATIO="1000000", PEAKROUTE_LOG_LEVEL="WARNING",
                       **worker_env(args.worker_env))
+        # Keyed like every channel producer: murmur2, Kafka's default (see connectors/kafka.py).
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
-                             "acks": "all", "linger.ms": 2})
+                             "acks": "all", "linger.ms": 2, "partitioner": "murmur2_random"})
         hot_units = 0
         if hot:
             # Stock for about half of the hot SKU's demand over the whole sweep, spread over the network.

@@ -231,9 +231,9 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
 
         stats = run_simulation(sim, producer, realtime=True, progress=progress)
         print(file=sys.stderr)
-        waited = wait_idle(settings, worker, [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES])
+        waited = wait_idle(settings, worker, [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES])
         waited += wait_breakers_closed(settings)
-        waited += wait_idle(settings, worker, [ORDERS, STOCK_OPS, STOCK_REPLIES])
+        waited += wait_idle(settings, worker, [*RAW_TOPICS, STOCK_OPS, STOCK_REPLIES])
         time.sleep(2)
         say(f"▶ 6/6 summary (read back from the topics; caught up {waited:.1f} s after the last order)")
         end = end_offsets(settings.kafka_bootstrap, watch)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from ..domain.deadletter import Source, dead_letter
@@ -29,6 +30,14 @@ log = logging.getLogger("peakroute.agents")
 def sku_partition(sku: str, partitions: int) -> int:
     """The partition that owns a SKU's stock (stable across processes and restarts)."""
     return zlib.crc32(sku.encode()) % partitions
+
+
+def order_partition(channel_order_id: str, partitions: int) -> int:
+    """The raw partition that owns an order: where a producer with Kafka's default partitioner
+    (murmur2, the Java client's; ours are configured alike) puts a payload keyed by its channel
+    order id.  The order's routing state lives there, so a payload found on another partition
+    (no key, another key, another partitioner) is forwarded there before it is looked at."""
+    return (murmur2(channel_order_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 #: Largest payload copied whole into a dead letter.  A DLQ record holds the payload twice (text

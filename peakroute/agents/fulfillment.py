@@ -1,9 +1,18 @@
-"""Fulfillment stage (order side): canonical orders → reservation requests → routed shipments.
+"""Fulfillment stage (order side): raw payloads → canonical orders → reservation requests → routed shipments.
 
-Inputs, co-partitioned by order: ``peakroute.orders`` (key order_id) and
-``peakroute.internal.stock-replies`` (sent to the order's partition).  State: table
-``order-state`` (order_id → the order's routing state).  The decisions are the pure
-:class:`~peakroute.domain.fulfillment.OrderRouter`; this module only reads, writes and sends.
+Inputs, co-partitioned: the raw channel topics ``peakroute.raw.<channel>`` (key: channel order id)
+and ``peakroute.internal.stock-replies`` (sent to the order's partition, ``state["p"]``).  State:
+table ``order-routing`` (order_id → the order's routing state and the last canonical version
+emitted for it, on the raw partition its payloads land on).
+
+One agent does what two stages did before: it normalizes each raw payload (the pure
+:func:`~peakroute.agents.normalize.process_raw`: dead letter, duplicate, or a new canonical state),
+publishes the canonical order on ``peakroute.orders`` (public contract, an output only), and feeds
+it straight to the pure :class:`~peakroute.domain.fulfillment.OrderRouter`.  Why: faust's cost is
+per Kafka message, and the canonical order's round trip through ``peakroute.orders`` cost a consume,
+a second table (the dedup versions) and a batching wait per order.  The version lives in the same
+record as the routing state, so a crash can never persist one without the other (a remembered
+version without its state would drop the order's re-read as a duplicate).
 
 Work is done in batches: one Redis read of the stock view per batch (decremented locally as the
 batch plans, so a hot SKU is not promised twice within a batch), one stock-ops message per SKU-owner
@@ -22,6 +31,7 @@ import faust
 import orjson
 
 from ..domain.catalog import Catalog
+from ..domain.dedup import OrderVersion
 from ..domain.fulfillment import DECIDED_EARLY, Effects, OrderRouter, StockView, Watchlist
 from ..domain.network import Network
 from ..metrics import registry as m
@@ -32,7 +42,8 @@ from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
-                     die, owned_events, send_dead_letter, sku_partition)
+                     die, order_partition, owned_events, send_dead_letter, sku_partition)
+from .normalize import channel_of, is_raw, process_raw
 
 log = logging.getLogger("peakroute.fulfillment")
 #: A reservation with unanswered lines for this long is asked again (heals a lost message).
@@ -72,7 +83,7 @@ class BatchView:
                 self._available[key] = self._available.get(key, 0) - int(op["qty"])
 
 
-def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
+def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              state_table: Any, network: Network, catalog: Catalog, views: RedisViews, breakers: BreakerStore,
              breaker_cfg: BreakerConfig, partitions: int, outbox: Outbox, watch: Watchlist,
              batch_wait_s: float) -> Any:
@@ -187,7 +198,44 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
         except Exception as exc:  # noqa: BLE001 - held orders are also in the table: repaired later
             log.warning("breaker bookkeeping not written (redis): %s", exc)
 
-    @app.agent(orders_and_replies, name="fulfillment")
+    def last_version(order_id: str) -> OrderVersion | None:
+        state = states.get(order_id)
+        v = state.get("v") if state else None
+        return OrderVersion.from_dict(v) if v else None
+
+    async def normalized(event: faust.EventT, emitted: dict[str, OrderVersion]) -> dict | None:
+        """A raw payload as a canonical order to route, or None (dead-lettered or a duplicate).
+        ``emitted``: versions emitted earlier in this batch (not yet in the table)."""
+        msg = event.message
+        channel = channel_of(msg.topic)
+        m.RAW_RECEIVED.labels(channel).inc()
+        out = process_raw(channel, msg.value, catalog, lambda oid: emitted.get(oid) or last_version(oid))
+        if out.order_id is not None:
+            home = order_partition(out.order_id.split(":", 1)[1], partitions)
+            if home != msg.partition:
+                # Its routing state lives on its own partition: two owners of one order would
+                # route it twice.  The copy is read there like any re-send (deduplicated).
+                outbox.send(msg.topic, out.order_id.split(":", 1)[1].encode(), msg.value, partition=home,
+                            timestamp=msg.timestamp)
+                m.RAW_FORWARDED.labels(channel).inc()
+                return None
+        if out.rejection is not None:
+            rej = out.rejection
+            await send_dead_letter(dlq, event, channel=channel, stage="normalize", reason=rej.code,
+                                   field=rej.field, detail=rej.detail)
+            return None
+        if out.value is None or out.version is None or out.order_id is None or out.order is None:
+            m.DUPLICATES.labels(channel, out.verdict.value).inc()  # type: ignore[union-attr]
+            return None
+        # Keep the raw topic's timestamp (ingest time): end-to-end latency is measured from it.
+        outbox.send(ORDERS, out.order_id.encode(), out.value, timestamp=msg.timestamp)
+        emitted[out.order_id] = out.version
+        m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
+        if msg.timestamp:
+            m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
+        return {**out.order, "_v": out.version.to_dict()}
+
+    @app.agent(raws_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(BATCH_MAX, within=batch_wait_s):
             started = time.perf_counter()
@@ -197,7 +245,24 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
             watch.ensure(state_table, recovered=True)
             decoded: list[tuple[faust.EventT, Any]] = []
             skus: set[str] = set()
+            emitted: dict[str, OrderVersion] = {}
+            raw_count, raw_seconds = 0, 0.0
             for event in events:
+                states.event = event
+                if is_raw(event.message.topic):
+                    raw_started = time.perf_counter()
+                    raw_count += 1
+                    try:
+                        order = await normalized(event, emitted)
+                    except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
+                        await dead_letter_exception(dlq, event, exc, channel=channel_of(event.message.topic),
+                                                    stage="normalize")
+                        order = None
+                    raw_seconds += time.perf_counter() - raw_started
+                    if order is not None:
+                        decoded.append((event, order))
+                        skus.update(line["sku"] for line in order["lines"])
+                    continue
                 try:
                     doc = orjson.loads(event.message.value)
                     if not isinstance(doc, dict):
@@ -210,21 +275,20 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                     # A poison pill (wrong shapes) must fail here, inside the try, and become a
                     # dead letter — never escape the agent.
                     wanted: set[str] = set()
-                    if event.message.topic == ORDERS:
-                        wanted.update(str(line["sku"]) for line in doc.get("lines", []))
-                    else:
-                        for reply in doc["replies"]:
-                            if "sku" in reply:
-                                wanted.add(str(reply["sku"]))
-                            else:  # a control message (release, reject, expire): the order's own SKUs
-                                state = states.get(reply.get("order_id"))
-                                if state and state.get("order"):
-                                    wanted.update(line["sku"] for line in state["order"]["lines"])
+                    for reply in doc["replies"]:
+                        if "sku" in reply:
+                            wanted.add(str(reply["sku"]))
+                        else:  # a control message (release, reject, expire): the order's own SKUs
+                            state = states.get(reply.get("order_id"))
+                            if state and state.get("order"):
+                                wanted.update(line["sku"] for line in state["order"]["lines"])
                 except Exception as exc:  # noqa: BLE001
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
                     continue
                 decoded.append((event, doc))
                 skus |= wanted
+            if raw_count:
+                m.STAGE_SECONDS.labels("normalize").observe(raw_seconds / raw_count)
             view = await batch_view(skus - {""})
             breaker_started = time.perf_counter()
             holding = await holding_keys()
@@ -238,7 +302,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                 states.event = event
                 partition = event.message.partition
                 try:
-                    if event.message.topic == ORDERS:
+                    if is_raw(event.message.topic):
                         items = [("order", doc)]
                     else:
                         items = [("reply", r) for r in doc["replies"]]
@@ -246,6 +310,7 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                         oid = item["order_id"]
                         state = states.get(oid)
                         if kind == "order":
+                            version = item.pop("_v")
                             hold_keys: list[str] = []
                             if router.wants_stock(item) and (state is None or state["status"] == "waiting"):
                                 skus_ = [ln["sku"] for ln in item["lines"] if not ln["gift"]]
@@ -255,7 +320,9 @@ def register(app: faust.App, *, orders_and_replies: faust.TopicT, replies: faust
                                     hold_keys = must_hold(holding, item["channel"], skus_, router.priority_of(item),
                                                           breaker_cfg)
                             new, one = router.on_order(state, item, view.view, now, hold_keys)
-                            new["p"] = partition
+                            # Always a fresh dict: the version must be written even when the
+                            # routing state did not change.
+                            new = {**new, "p": partition, "v": version}
                             if event.message.timestamp:
                                 new["ingest"] = event.message.timestamp
                             held += [{"key": key, "order_id": oid_, "partition": partition, "held_at": time.time(),

@@ -14,6 +14,11 @@ ORDERS_EMITTED = Counter(
     "peakroute_orders_emitted_total",
     "Canonical order states written to peakroute.orders (new order or changed state)",
     ["channel", "verdict", "status"])
+RAW_FORWARDED = Counter(
+    "peakroute_raw_forwarded_total",
+    "Raw payloads found on a partition other than their order's (keyed otherwise or not at all) and "
+    "forwarded to it; 0 when every producer keys by channel order id with Kafka's default partitioner",
+    ["channel"])
 DUPLICATES = Counter(
     "peakroute_duplicates_total",
     "Raw payloads that carried no news: exact re-sends (duplicate) or older states (stale)",

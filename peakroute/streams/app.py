@@ -1,11 +1,10 @@
 """The stream pipeline, declared in one place.
 
     peakroute.raw.{tmall,jd,douyin,wxmini}
-        │ normalize     (table order-versions: order_id → last emitted state; drops re-sends)
-        ├──▶ peakroute.dlq                         rejections, with the original bytes
-        ▼
-    peakroute.orders  (key order_id)
-        │ fulfillment   (table order-state, by order: surge breaker → plan → reserve → route / compensate)
+        │ fulfillment   (table order-routing, by order on its raw partition:
+        │                normalize → drop re-sends → surge breaker → plan → reserve → route / compensate)
+        ├──▶ peakroute.dlq       rejections, with the original bytes
+        ├──▶ peakroute.orders    every accepted canonical order (an output: nothing reads it back)
         │   └─▶ peakroute.review   orders held by an open breaker (released at the drain rate or by an operator)
         │   ▲  reservation replies, batched per order partition
         ▼   │
@@ -25,7 +24,7 @@ from typing import Any
 
 import faust
 
-from ..agents import breaker, common, fulfillment, inventory, normalize, stock
+from ..agents import breaker, common, fulfillment, inventory, stock
 from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.fulfillment import Watchlist
@@ -35,7 +34,7 @@ from ..tables.packed import PackedTable
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
 from .outbox import Outbox, carry_changelogs
-from .topics import DLQ, INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES
+from .topics import DLQ, INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -135,10 +134,9 @@ def build_app(settings: Settings) -> faust.App:
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
 
-    normalize.register(app, raw=topic(*RAW_TOPICS), orders=topic(ORDERS), dlq=dlq, catalog=catalog,
-                       versions=table("order-versions", "order_id -> last emitted canonical state (dedup)", packed=True),
-                       outbox=outbox, batch_wait_s=wait_s)
-    order_state = table("order-state", "order_id -> routing state", packed=True)
+    # One record per order: its routing state and the last canonical version emitted for it (dedup),
+    # on the partition of its raw payloads.
+    order_state = table("order-routing", "order_id -> routing state + last emitted version", packed=True)
     # In-flight orders the timers watch (rebuilt by one scan of order-state after each rebalance).
     watch = Watchlist()
 
@@ -146,7 +144,7 @@ def build_app(settings: Settings) -> faust.App:
         watch.mark_stale(time.monotonic())
 
     app.on_partitions_assigned.connect(watch_stale, weak=False)
-    fulfillment.register(app, orders_and_replies=topic(ORDERS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
+    fulfillment.register(app, raws_and_replies=topic(*RAW_TOPICS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
                          breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch,
                          batch_wait_s=wait_s)

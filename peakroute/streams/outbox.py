@@ -104,7 +104,7 @@ def carry_changelogs(app: Any, outbox: Outbox, tables: list[Any]) -> None:
     for them.
 
     Why: after the outbox took the batches' own messages, faust's Python produce path was left
-    carrying the changelogs — about 5.7 records per order (order-state, order-versions,
+    carrying the changelogs — about 5.7 records per order (then order-state, order-versions,
     stock-holds, stock-levels) at tens of µs of Python each.  The records are built by faust
     itself (``Topic.as_future_message``: the table's own key/value serializers and partition), so
     what lands on the changelog topic is byte-for-byte what faust would have written, and

@@ -1,7 +1,7 @@
 """Topic names: a public contract (README, section *Public contract*).
 
 Values are UTF-8 JSON.  Raw topics carry the channel's payload unchanged, keyed by the channel
-order id; ``peakroute.orders`` carries canonical orders keyed by ``order_id``; ``peakroute.dlq``
+order id; ``peakroute.orders`` carries canonical orders keyed by ``order_id`` (an output of the router; it does not read it back); ``peakroute.dlq``
 carries every rejected or failed input with the reason and the original bytes.
 """
 
@@ -54,7 +54,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821 - imported
 
 
 #: faust tables of the pipeline (see streams/app.py); each has a changelog topic.
-TABLES: tuple[str, ...] = ("order-versions", "order-state", "stock-levels", "stock-holds")
+#: ``order-routing`` replaced ``order-versions`` + ``order-state`` (partitioned by the canonical
+#: order id) when normalize and fulfillment became one agent: its records live on the raw partitions.
+TABLES: tuple[str, ...] = ("order-routing", "stock-levels", "stock-holds")
 
 
 def changelog_topic(app_id: str, table: str) -> str:

@@ -42,7 +42,7 @@ from ..conftest import local_stack
 from .harness import PeakrouteProcess, env_for, unique_app_id
 
 ROOT = Path(__file__).resolve().parents[2]
-INPUTS = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
+INPUTS = [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES]  # what the workers consume
 #: Long forms of the scenarios (and the soak) run only with PEAKROUTE_SLOW_TESTS=1.
 SLOW = os.environ.get("PEAKROUTE_SLOW_TESTS") == "1"
 REPORT_FILE = ROOT / ".peakroute" / "fault-reports.txt"

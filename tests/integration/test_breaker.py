@@ -188,8 +188,7 @@ def test_a_review_decision_that_reaches_the_owner_before_its_order_is_applied_wh
     state: the next owner reads the order again, and the operator's decision made in between
     travels on stock-replies, so it can arrive first.  It is kept and applied when the order comes
     (before, it was dropped and the order was held again, drained and routed although rejected)."""
-    from aiokafka.partitioner import murmur2
-
+    from peakroute.agents.common import order_partition
     from peakroute.connectors.kafka import make_producer
     from peakroute.streams.topics import STOCK_REPLIES
 
@@ -198,7 +197,7 @@ def test_a_review_decision_that_reaches_the_owner_before_its_order_is_applied_wh
     decisions = {f"douyin:{rejected.channel_order_id}": "reject", f"douyin:{approved.channel_order_id}": "release"}
     producer = make_producer(settings)
     for oid, outcome in decisions.items():
-        owner = (murmur2(oid.encode()) & 0x7FFFFFFF) % settings.partitions  # the orders topic's partitioner
+        owner = order_partition(oid.split(":", 1)[1], settings.partitions)  # where its raw payloads land
         control = {"outcome": outcome, "order_id": oid, "by": "operator:ann", "breaker": "channel:douyin"}
         producer.produce(STOCK_REPLIES, value=orjson.dumps({"replies": [control]}), partition=owner)
     assert producer.flush(30) == 0

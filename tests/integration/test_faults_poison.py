@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from peakroute.streams.topics import DLQ, INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
+from peakroute.streams.topics import DLQ, INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
 from .faults import Load, finish, scale, scenario
 from .harness import read_topic
@@ -40,7 +40,7 @@ def test_poison_pills_on_every_input_topic_are_dead_lettered_and_workers_keep_ro
         time.sleep(5)
         delivered: list[tuple[str, str, int, int, bytes | None]] = []
         producer = Producer({"bootstrap.servers": sc.settings.kafka_bootstrap, "enable.idempotence": True,
-                             "acks": "all", "message.max.bytes": 2_000_000})
+                             "acks": "all", "message.max.bytes": 2_000_000, "partitioner": "murmur2_random"})
 
         def remember(kind: str):  # noqa: ANN202
             def cb(err, msg) -> None:  # noqa: ANN001
@@ -48,7 +48,7 @@ def test_poison_pills_on_every_input_topic_are_dead_lettered_and_workers_keep_ro
                 delivered.append((kind, msg.topic(), msg.partition(), msg.offset(), msg.value()))
             return cb
 
-        topics = [*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
+        topics = [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES]
         for topic in topics:
             for kind, value in PILLS.items():
                 for partition in (0, 3):

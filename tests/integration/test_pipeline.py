@@ -143,3 +143,32 @@ def test_replay_backfills_a_jsonl_file(worker, tmp_path: Path) -> None:
     got = read_topic(settings, ORDERS, until=lambda rs: {r["order_id"] for r in rs} >= set(ids), timeout=90,
                      keep=lambda r: r.get("order_id") in ids)
     assert sorted(r["order_id"] for r in got) == sorted(ids), "each replayed order once (the repeat is a duplicate)"
+
+
+def test_a_payload_on_another_partition_than_its_order_is_forwarded_there_and_emitted_once(worker) -> None:
+    """An order's routing state lives on one raw partition (murmur2 of its channel order id, what
+    Kafka's default partitioner picks); a payload written elsewhere (no key, another key, another
+    partitioner) must reach that owner, or two owners would route the order twice."""
+    from peakroute.agents.common import order_partition
+    from peakroute.connectors.kafka import make_producer
+
+    settings, proc = worker
+    n = settings.partitions
+    oid, doc = samples.fresh("jd")
+    body = samples.dumps(doc)
+    home = order_partition(oid, n)
+    placed: list[int] = []
+    producer = make_producer(settings)
+    producer.produce(raw_topic("jd"), key=oid.encode(), value=body,
+                     on_delivery=lambda err, msg: placed.append(msg.partition()))
+    producer.produce(raw_topic("jd"), key=None, value=body, partition=(home + 1) % n)
+    producer.produce(raw_topic("jd"), key=b"not-the-order-id", value=body, partition=(home + 2) % n)
+    assert producer.flush(30) == 0
+    assert placed == [home], "our producers key like Kafka's default partitioner"
+    order_id = f"jd:{oid}"
+    read_topic(settings, ORDERS, until=lambda rs: bool(rs), timeout=60, keep=lambda r: r.get("order_id") == order_id)
+    time.sleep(4)  # give a (wrong) second owner time to emit it too
+    records = read_topic(settings, ORDERS, until=lambda rs: False, timeout=6,
+                         keep=lambda r: r.get("order_id") == order_id)
+    assert len(records) == 1, records
+    assert proc.alive(), proc.output()[-3000:]

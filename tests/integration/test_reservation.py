@@ -166,10 +166,13 @@ def test_redelivered_orders_never_reserve_twice(env) -> None:
     oid = f"tmall:{sim.channel_order_id}"
     produce(settings, raw_topic("tmall"), [(sim.channel_order_id.encode(), body)] * 5)
     outcomes(settings, [oid])
-    # Re-deliver the canonical order itself, past the dedup stage, as a crash-replay would.
+    # Re-deliver the raw payload after the order was routed (as a channel re-send or a crash-replay
+    # would), and write its canonical order back to peakroute.orders: that topic is an output only
+    # (normalize and fulfillment are one agent), so nothing may read it back and reserve again.
     canon = read_topic(settings, ORDERS, until=lambda rs: bool(rs), timeout=30, keep=lambda r: r.get("order_id") == oid)
     raw_canon = canon[0]["_raw"]
     produce(settings, ORDERS, [(oid.encode(), raw_canon)] * 3)
+    produce(settings, raw_topic("tmall"), [(sim.channel_order_id.encode(), body)] * 3)
     time.sleep(5)
     assert stock_view(base, "T-DUP", 3)["total"]["reserved"] == 3
     reqs = [r for r in requests_for(settings, "T-DUP") if r.get("type") == "shipment_request"]

@@ -265,3 +265,15 @@ def test_events_of_partitions_not_owned_or_during_a_rebalance_are_set_aside_unco
                                tables=SimpleNamespace(actives_ready=True))
     fresh = [event("ops", 0), event("ops", 1)]
     assert owned_events(starting, fresh, "stock") == fresh  # nothing to judge by
+
+
+def test_an_orders_raw_partition_is_the_one_kafkas_default_partitioner_picks_for_its_channel_order_id() -> None:
+    """murmur2 as Kafka's Java client computes it (its own test vectors), masked and taken modulo:
+    the partition a producer with Kafka's default partitioner writes a payload keyed by the channel
+    order id to, which is where the order's routing state lives."""
+    java = {"21": -973932308, "foobar": -790332482, "a-little-bit-long-string": -985981536,
+            "a-little-bit-longer-string": -1486304829, "abc": 479470107,
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971}
+    for key, h in java.items():
+        for n in (1, 6, 12, 256):
+            assert common.order_partition(key, n) == (h & 0x7FFFFFFF) % n
