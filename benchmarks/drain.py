@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--restart", action="store_true",
+                    help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
+                         "start, and every takeover since standbys are off, reads the changelogs from the start)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "stack") as settings:
         from integration.harness import env_for
@@ -108,6 +111,50 @@ def main() -> None:
             for w in workers:
                 w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
                 w.wait()
+        if args.restart:
+            time_recovery(settings, env, Path(tmp))
+
+
+def time_recovery(settings: object, env: dict[str, str], tmp: Path) -> None:
+    """Start one worker on the drained stack and time its table recovery from faust's own log lines
+    (``Restoring state from changelog topics`` … ``Recovery complete``)."""
+    import re
+    import signal
+
+    from peakroute.streams.topics import TABLES, changelog_topic
+
+    changelogs = [changelog_topic(settings.app_id, t) for t in TABLES]  # type: ignore[attr-defined]
+    ends = end_offsets(settings.kafka_bootstrap, changelogs)  # type: ignore[attr-defined]
+    records = sum(ends.values())
+    by_table = {t: sum(v for (topic, _), v in ends.items() if topic == changelog_topic(settings.app_id, t))  # type: ignore[attr-defined]
+                for t in TABLES}
+    log = tmp / "restart.log"
+    t0 = time.monotonic()
+    w = subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel", "info"], env=env,
+                         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    marks: dict[str, float] = {}
+    try:
+        while time.monotonic() - t0 < 600 and "complete" not in marks:
+            text = log.read_text(errors="replace")
+            for name, pattern in (("restoring", r"Restoring state from changelog"), ("complete", r"Recovery complete")):
+                if name not in marks and re.search(pattern, text):
+                    marks[name] = time.monotonic() - t0
+            time.sleep(0.1)
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait()
+    import shutil
+
+    kept = Path(tempfile.gettempdir()) / "peakroute-drain-restart.log"
+    shutil.copy(log, kept)
+    print(f"restart: the worker's log is kept at {kept}")
+    if "complete" not in marks:
+        print(f"restart: no 'Recovery complete' within 600 s (log {log})")
+        return
+    reading = marks["complete"] - marks.get("restoring", 0.0)
+    print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
+          f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
+          f"records/s")
 
 
 if __name__ == "__main__":
