@@ -478,6 +478,12 @@ class BatchWrites:
     as its replies arrive); faust sends a changelog record for every write, so coalescing them is
     the cheapest large win.  Reads see the batch's own writes.  Each key remembers the event it was
     written under, so its one changelog record goes to that event's partition.
+
+    A key found absent is remembered as absent until the batch's flush: a new order is looked up
+    when its payload is normalized and again when it is routed, a new hold when it is planned and
+    when it is written, and a miss is the dearest read (the store probes every partition's bloom
+    filter).  Only misses are remembered — a value read is never shared between two readers, so a
+    caller that changes what it read cannot change what the next one reads.
     """
 
     def __init__(self, table: Any) -> None:
@@ -485,6 +491,7 @@ class BatchWrites:
         self._event: faust.EventT | None = None
         self._dirty: dict[Any, Any] = {}
         self._events: dict[Any, faust.EventT] = {}
+        self._absent: set[Any] = set()
 
     @property
     def event(self) -> faust.EventT | None:
@@ -501,11 +508,18 @@ class BatchWrites:
         if key in self._dirty:
             v = self._dirty[key]
             return default if v is _DELETED else v
+        if key in self._absent:
+            return default
         # The key of an event's state lives on that event's partition: the store looks there first.
         partition = self._event.message.partition if self._event is not None else None
         if isinstance(self.table, PackedTable):
-            return self.table.get(key, default, partition)
-        return table_get(self.table, key, default, partition)
+            v = self.table.get(key, _DELETED, partition)
+        else:
+            v = table_get(self.table, key, _DELETED, partition)
+        if v is _DELETED:
+            self._absent.add(key)
+            return default
+        return v
 
     def __contains__(self, key: Any) -> bool:
         return self.get(key, _DELETED) is not _DELETED
@@ -553,6 +567,7 @@ class BatchWrites:
         n = len(self._dirty)
         self._dirty.clear()
         self._events.clear()
+        self._absent.clear()
         return n
 
 

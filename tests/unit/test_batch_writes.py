@@ -37,3 +37,40 @@ def test_reads_see_batch_writes_and_each_key_is_written_once() -> None:
     assert table == {"a": 1}, "nothing reaches the table before flush"
     assert w.flush() == 2
     assert table == {"b": 9} and table.writes == 2
+
+
+class Message:
+    partition = 0
+
+
+class Event:
+    message = Message()
+
+
+class CountingTable(dict):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, k, default=None):  # noqa: ANN001, ANN201
+        self.reads += 1
+        return super().get(k, default)
+
+
+def test_a_key_found_absent_is_not_looked_up_again_in_the_same_batch_and_is_after_it() -> None:
+    """A new order is read when normalized and again when routed; a miss (the dearest read: every
+    partition's bloom filter) is remembered until the batch's flush, a value never is."""
+    table = CountingTable()
+    table["old"] = {"n": 1}
+    w = BatchWrites(table)
+    w.event = Event()
+    assert w.get("new") is None and w.get("new", "d") == "d" and "new" not in w
+    assert table.reads == 1, "the miss was remembered"
+    assert w.get("old") == {"n": 1} and w.get("old") == {"n": 1}
+    assert table.reads == 3, "values are read from the table each time, never kept and shared"
+    w["new"] = {"n": 2}
+    assert w.get("new") == {"n": 2}, "the batch's own write wins over the remembered miss"
+    w.flush()
+    table.reads = 0
+    del table["new"]
+    assert w.get("new") is None and table.reads == 1, "a new batch looks again"
