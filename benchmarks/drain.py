@@ -23,13 +23,22 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import local_stack  # noqa: E402
 
+from peakroute.config import Settings  # noqa: E402
 from peakroute.connectors.kafka import make_producer  # noqa: E402
 from peakroute.connectors.simulator import PeakSaleSimulator, run_simulation  # noqa: E402
 from peakroute.connectors.stockload import generate_stock, produce_inventory  # noqa: E402
 from peakroute.demo import committed, end_offsets  # noqa: E402
 from peakroute.domain.catalog import load_catalog  # noqa: E402
 from peakroute.domain.network import load_network  # noqa: E402
-from peakroute.streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES  # noqa: E402
+from peakroute.streams.topics import (  # noqa: E402
+    INVENTORY,
+    ORDERS,
+    RAW_TOPICS,
+    STOCK_OPS,
+    STOCK_REPLIES,
+    TABLES,
+    changelog_topic,
+)
 
 
 def main() -> None:
@@ -115,23 +124,23 @@ def main() -> None:
             time_recovery(settings, env, Path(tmp))
 
 
-def time_recovery(settings: object, env: dict[str, str], tmp: Path) -> None:
+def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     """Start one worker on the drained stack and time its table recovery from faust's own log lines
     (``Restoring state from changelog topics`` … ``Recovery complete``)."""
     import re
+    import shutil
     import signal
 
-    from peakroute.streams.topics import TABLES, changelog_topic
+    def changelog(table: str) -> str:
+        return changelog_topic(settings.app_id, table)
 
-    changelogs = [changelog_topic(settings.app_id, t) for t in TABLES]  # type: ignore[attr-defined]
-    ends = end_offsets(settings.kafka_bootstrap, changelogs)  # type: ignore[attr-defined]
+    ends = end_offsets(settings.kafka_bootstrap, [changelog(t) for t in TABLES])
     records = sum(ends.values())
-    by_table = {t: sum(v for (topic, _), v in ends.items() if topic == changelog_topic(settings.app_id, t))  # type: ignore[attr-defined]
-                for t in TABLES}
+    by_table = {t: sum(v for (topic, _), v in ends.items() if topic == changelog(t)) for t in TABLES}
     log = tmp / "restart.log"
     t0 = time.monotonic()
-    w = subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel", "info"], env=env,
-                         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    w = subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel", "info"],
+                         env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     marks: dict[str, float] = {}
     try:
         while time.monotonic() - t0 < 600 and "complete" not in marks:
@@ -143,19 +152,15 @@ def time_recovery(settings: object, env: dict[str, str], tmp: Path) -> None:
     finally:
         w.send_signal(signal.SIGTERM)
         w.wait()
-    import shutil
-
     kept = Path(tempfile.gettempdir()) / "peakroute-drain-restart.log"
     shutil.copy(log, kept)
-    print(f"restart: the worker's log is kept at {kept}")
     if "complete" not in marks:
-        print(f"restart: no 'Recovery complete' within 600 s (log {log})")
+        print(f"restart: no 'Recovery complete' within 600 s (the worker's log: {kept})")
         return
     reading = marks["complete"] - marks.get("restoring", 0.0)
     print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
           f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
-          f"records/s")
-
+          f"records/s (the worker's log: {kept})")
 
 if __name__ == "__main__":
     main()

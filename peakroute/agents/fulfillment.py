@@ -211,12 +211,12 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
         m.RAW_RECEIVED.labels(channel).inc()
         out = process_raw(channel, msg.value, catalog, lambda oid: emitted.get(oid) or last_version(oid))
         if out.order_id is not None:
-            home = order_partition(out.order_id.split(":", 1)[1], partitions)
+            channel_order_id = out.order_id.split(":", 1)[1]
+            home = order_partition(channel_order_id, partitions)
             if home != msg.partition:
                 # Its routing state lives on its own partition: two owners of one order would
                 # route it twice.  The copy is read there like any re-send (deduplicated).
-                outbox.send(msg.topic, out.order_id.split(":", 1)[1].encode(), msg.value, partition=home,
-                            timestamp=msg.timestamp)
+                outbox.send(msg.topic, channel_order_id.encode(), msg.value, partition=home, timestamp=msg.timestamp)
                 m.RAW_FORWARDED.labels(channel).inc()
                 return None
         if out.rejection is not None:

@@ -1,7 +1,8 @@
 """Topic names: a public contract (README, section *Public contract*).
 
 Values are UTF-8 JSON.  Raw topics carry the channel's payload unchanged, keyed by the channel
-order id; ``peakroute.orders`` carries canonical orders keyed by ``order_id`` (an output of the router; it does not read it back); ``peakroute.dlq``
+order id; ``peakroute.orders`` carries canonical orders keyed by ``order_id`` (an output of the
+router; it does not read it back); ``peakroute.dlq``
 carries every rejected or failed input with the reason and the original bytes.
 """
 
