@@ -294,9 +294,9 @@ def freeze_limit(session_timeout_s: float) -> float:
 def install_guards(app: faust.App, settings: Any) -> None:
     """The poison-pill retry counter, the freeze watch, the commit watch and the consumer's offset
     fix (``streams/consumer_fix.py``) of one worker process."""
-    from ..streams.topics import INVENTORY, ORDERS, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
+    from ..streams.topics import INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
-    inputs = {*RAW_TOPICS, ORDERS, INVENTORY, STOCK_OPS, STOCK_REPLIES}
+    inputs = {*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES}
     from ..streams import consumer_fix
 
     consumer_fix.install(inputs)
@@ -310,12 +310,30 @@ def install_guards(app: faust.App, settings: Any) -> None:
         GUARDS.freeze.tick()
 
     stall = CommitStall(max(60.0, 2 * settings.session_timeout_s))
+    recovery_stall = RecoveryStall(stall.limit_s)
     paused_since: list[float] = []  # when the watch last started standing aside (rebalance, recovery)
+
+    def check_recovery() -> None:
+        rec = app.tables.recovery
+        if not rec.in_recovery:
+            return
+        received = rec._active_events_received_at  # noqa: SLF001 - faust keeps no public view of it
+        quiet = recovery_stall.stalled_for(time.monotonic(), rec._recovery_started_at,  # noqa: SLF001
+                                           max(received.values(), default=None))
+        if quiet is None:
+            return
+        try:
+            diagnosis: Any = recovery_diagnosis(app)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must never stop the exit
+            diagnosis = repr(exc)
+        log.error("recovery watch: no changelog record received for %.0f s: %s", quiet, diagnosis)
+        die("recovery-watch", TimeoutError(f"table recovery received nothing for {quiet:.0f} s"))
 
     @app.timer(interval=5.0, on_leader=False)
     async def commit_watch() -> None:
         if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
             stall.reset()
+            check_recovery()
             if not paused_since:
                 paused_since.append(time.monotonic())
             elif time.monotonic() - paused_since[0] > stall.limit_s:
@@ -390,6 +408,64 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
         "rewinding": tracker.rewinding.get(tp) if tracker else None,
         "active": tp in (c._active_partitions or ()), "paused": tp in c._paused_partitions,  # noqa: SLF001
         "buffered": tp in getattr(c, "_buffered_partitions", ()), "flow_active": getattr(c, "flow_active", None),
+    }
+
+
+class RecoveryStall:
+    """A table recovery that receives nothing from the changelogs it is reading.
+
+    Seen once in CI (``tests/evidence/2026-11-28-recovery-hang``): after a rebalance faust's
+    recovery waited for changelog records that never came ("No event received for active tp …
+    since recovery start") and the worker's input partitions stood still for good, with no error.
+    A recovery that is working receives records continuously, so ``limit_s`` without any (counted
+    from the recovery's start or its last record) is a stall: the worker exits (code 70) and its
+    supervisor restarts it, which rebuilds the tables from the changelogs from scratch.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+
+    def stalled_for(self, now: float, started_at: float | None, last_event_at: float | None) -> float | None:
+        """Seconds without a changelog record if that is over the limit, else None.
+
+        ``started_at``: when the recovery started (None: not recovering); ``last_event_at``: when
+        the latest changelog record arrived in it (None: none yet)."""
+        if started_at is None:
+            return None
+        quiet_since = max(started_at, last_event_at) if last_event_at is not None else started_at
+        quiet = now - quiet_since
+        return quiet if quiet > self.limit_s else None
+
+
+def recovery_diagnosis(app: Any) -> dict[str, Any]:
+    """What faust's recovery, its consumer and the Kafka client know about the changelog
+    partitions being recovered: logged when :class:`RecoveryStall` fires, so the stall can be
+    diagnosed afterwards (which of "never fetched", "fetched but not delivered", "delivered but
+    not counted" it was)."""
+    from ..streams.consumer_fix import fetch_position, kafka_client
+
+    rec = app.tables.recovery
+    c = app.consumer
+    client = kafka_client(c)
+    paused = set(client.paused()) if client else set()
+    fetcher = getattr(app, "_fetcher", None)
+    parts = {}
+    for tp in sorted(rec.active_tps, key=str):
+        parts[f"{tp.topic}[{tp.partition}]"] = {
+            "offset": rec.active_offsets.get(tp), "highwater": rec.active_highwaters.get(tp),
+            "position": fetch_position(client, tp) if client else None,
+            "client_highwater": high_watermark(c, tp), "kafka_paused": tp in paused,
+            "active": tp in (c._active_partitions or ()),  # noqa: SLF001
+            "faust_paused": tp in c._paused_partitions,  # noqa: SLF001
+        }
+    return {
+        "remaining": rec.active_remaining_total(), "flow_active": getattr(c, "flow_active", None),
+        "flow_control_active": app.flow_control.is_active(),
+        "fetcher": None if fetcher is None else {"started": fetcher._started.is_set(),  # noqa: SLF001
+                                                 "stopped": fetcher._stopped.is_set(),  # noqa: SLF001
+                                                 "crashed": fetcher._crashed.is_set()},  # noqa: SLF001
+        "buffers": {str(t): len(buf) for t, buf in rec.buffers.items()},
+        "partitions": parts,
     }
 
 

@@ -203,8 +203,9 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
         v = state.get("v") if state else None
         return OrderVersion.from_dict(v) if v else None
 
-    async def normalized(event: faust.EventT, emitted: dict[str, OrderVersion]) -> dict | None:
-        """A raw payload as a canonical order to route, or None (dead-lettered or a duplicate).
+    async def normalized(event: faust.EventT, emitted: dict[str, OrderVersion]) -> tuple[dict, dict] | None:
+        """A raw payload as a canonical order to route with its dedup version (to be stored in
+        the order's routing state), or None (dead-lettered, forwarded or a duplicate).
         ``emitted``: versions emitted earlier in this batch (not yet in the table)."""
         msg = event.message
         channel = channel_of(msg.topic)
@@ -233,7 +234,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
         m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
         if msg.timestamp:
             m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
-        return {**out.order, "_v": out.version.to_dict()}
+        return out.order, out.version.to_dict()
 
     @app.agent(raws_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
@@ -243,7 +244,8 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             if not events:
                 continue
             watch.ensure(state_table, recovered=True)
-            decoded: list[tuple[faust.EventT, Any]] = []
+            # (event, canonical order or reply batch, the order's dedup version or None for replies)
+            decoded: list[tuple[faust.EventT, Any, dict | None]] = []
             skus: set[str] = set()
             emitted: dict[str, OrderVersion] = {}
             raw_count, raw_seconds = 0, 0.0
@@ -253,14 +255,15 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                     raw_started = time.perf_counter()
                     raw_count += 1
                     try:
-                        order = await normalized(event, emitted)
+                        found = await normalized(event, emitted)
                     except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                         await dead_letter_exception(dlq, event, exc, channel=channel_of(event.message.topic),
                                                     stage="normalize")
-                        order = None
+                        found = None
                     raw_seconds += time.perf_counter() - raw_started
-                    if order is not None:
-                        decoded.append((event, order))
+                    if found is not None:
+                        order, order_version = found
+                        decoded.append((event, order, order_version))
                         skus.update(line["sku"] for line in order["lines"])
                     continue
                 try:
@@ -285,7 +288,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                 except Exception as exc:  # noqa: BLE001
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
                     continue
-                decoded.append((event, doc))
+                decoded.append((event, doc, None))
                 skus |= wanted
             if raw_count:
                 m.STAGE_SECONDS.labels("normalize").observe(raw_seconds / raw_count)
@@ -298,7 +301,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             pending_ops: list[tuple[int, dict]] = []
             counted: list[tuple[str, int]] = []
             held: list[dict] = []
-            for event, doc in decoded:
+            for event, doc, order_version in decoded:
                 states.event = event
                 partition = event.message.partition
                 try:
@@ -310,7 +313,6 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                         oid = item["order_id"]
                         state = states.get(oid)
                         if kind == "order":
-                            version = item.pop("_v")
                             hold_keys: list[str] = []
                             if router.wants_stock(item) and (state is None or state["status"] == "waiting"):
                                 skus_ = [ln["sku"] for ln in item["lines"] if not ln["gift"]]
@@ -322,7 +324,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                             new, one = router.on_order(state, item, view.view, now, hold_keys)
                             # Always a fresh dict: the version must be written even when the
                             # routing state did not change.
-                            new = {**new, "p": partition, "v": version}
+                            new = {**new, "p": partition, "v": order_version}
                             if event.message.timestamp:
                                 new["ingest"] = event.message.timestamp
                             held += [{"key": key, "order_id": oid_, "partition": partition, "held_at": time.time(),

@@ -45,8 +45,14 @@ class LeanFaustMonitor(PrometheusMonitor):
         self.tp_end_offsets[tp] = offset
 
 
+_METRICS: dict[str, Any] = {}  # name prefix -> FaustMetrics: a registry takes each series once per process
+
+
 def install(app: Any, name_prefix: str = "faust") -> LeanFaustMonitor:
-    """faust's metrics on the process's default registry (served on our /metrics), fed lean."""
-    monitor = LeanFaustMonitor(metrics=FaustMetrics.create(REGISTRY, name_prefix))
+    """faust's metrics on the process's default registry (served on our /metrics), fed lean.
+    A second app in the same process (tests, tools) shares the first one's series."""
+    if name_prefix not in _METRICS:
+        _METRICS[name_prefix] = FaustMetrics.create(REGISTRY, name_prefix)
+    monitor = LeanFaustMonitor(metrics=_METRICS[name_prefix])
     app.monitor = monitor
     return monitor

@@ -277,3 +277,33 @@ def test_an_orders_raw_partition_is_the_one_kafkas_default_partitioner_picks_for
     for key, h in java.items():
         for n in (1, 6, 12, 256):
             assert common.order_partition(key, n) == (h & 0x7FFFFFFF) % n
+
+
+def test_recovery_stall_fires_only_after_the_limit_without_a_changelog_record() -> None:
+    """The recovery watch (tests/evidence/2026-11-28-recovery-hang): quiet time counts from the
+    recovery's start or its latest record, whichever is later; no recovery, no stall."""
+    from peakroute.agents.common import RecoveryStall
+
+    watch = RecoveryStall(60)
+    assert watch.stalled_for(1000, None, None) is None  # not recovering
+    assert watch.stalled_for(1000, 950, None) is None
+    assert watch.stalled_for(1000, 930, None) == 70  # nothing since the start
+    assert watch.stalled_for(1000, 900, 990) is None  # records are arriving
+    assert watch.stalled_for(1000, 900, 935) == 65  # they stopped
+    # A record from the previous recovery (faust clears them, but never trust it) does not count.
+    assert watch.stalled_for(1000, 930, 800) == 70
+
+
+def test_recovery_diagnosis_reads_what_faust_keeps_on_an_unstarted_app(tmp_path) -> None:
+    """The diagnosis only reads faust's private bookkeeping; an upgrade that renames it must fail
+    here, not in the one log line that explains a stall in production."""
+    from dataclasses import replace
+
+    from peakroute.agents.common import recovery_diagnosis
+    from peakroute.config import Settings
+    from peakroute.streams.app import build_app
+
+    app = build_app(replace(Settings(), kafka_bootstrap="127.0.0.1:1", state_dir=str(tmp_path)))
+    got = recovery_diagnosis(app)
+    assert got["remaining"] == 0 and got["partitions"] == {} and got["buffers"] == {}
+    assert set(got) == {"remaining", "flow_active", "flow_control_active", "fetcher", "buffers", "partitions"}
