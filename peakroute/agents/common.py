@@ -153,22 +153,65 @@ def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[f
     for e in events:
         (mine if settled and TP(e.message.topic, e.message.partition) in actives else aside).append(e)
     if aside:
-        consumer = getattr(app, "consumer", None)
-        unacked = getattr(consumer, "_unacked_messages", None)
-        # The consumer fix's tracker (streams/consumer_fix.py) then fetches the partition again from
-        # the first message set aside, should no seek of the rebalance cover it.
-        tracker = getattr(consumer, "__dict__", {}).get("_peakroute_offsets")
-        for e in aside:
-            e.message.acked = True  # take_events' ack is then a no-op: no offset is recorded
-            if unacked is not None:
-                unacked.discard(e.message)
-            if tracker is not None:
-                tracker.undelivered(TP(e.message.topic, e.message.partition), e.message.offset)
-        m.STALE_EVENTS.labels(stage).inc(len(aside))
+        _set_aside(app, aside, {})
         log.warning("%s: %d message(s) set aside, to be read again (%s): %s", stage, len(aside),
                     "partition not assigned here" if settled else "rebalance under way",
                     sorted({(e.message.topic, e.message.partition) for e in aside})[:5])
-    return mine
+        m.STALE_EVENTS.labels(stage).inc(len(aside))
+    if not mine:
+        return mine
+    # In offset order, none left out (InputOrder): a record past a missing one waits for it.
+    committed = getattr(getattr(app, "consumer", None), "_committed_offset", {})
+    in_order: list[faust.EventT] = []
+    missing: dict[Any, tuple[int, int]] = {}  # tp -> (the first offset not seen, the offset that came instead)
+    gapped: list[faust.EventT] = []
+    for e in mine:
+        tp = TP(e.message.topic, e.message.partition)
+        if tp not in missing:
+            first = GUARDS.order.admit(tp, e.message.offset, committed.get(tp))
+            if first is None:
+                in_order.append(e)
+                continue
+            missing[tp] = (first, e.message.offset)
+        gapped.append(e)
+    if gapped:
+        _set_aside(app, gapped, {tp: first for tp, (first, _) in missing.items()})
+        for tp, (first, came) in missing.items():
+            m.INPUT_GAPS.labels(tp.topic).inc()
+            log.warning("%s: %s[%s] offset %d reached the agent before offset %d (records lost between Kafka and "
+                        "the agent): set aside, the partition is read again from %d", stage, tp.topic, tp.partition,
+                        came, first, first)
+    return in_order
+
+
+def _set_aside(app: Any, events: list[faust.EventT], rewind_to: dict[Any, int]) -> None:
+    """Mark ``events`` done without acking them, so that they are read again (see owned_events);
+    ``rewind_to``: tp -> the offset its partition must be fetched again from."""
+    consumer = getattr(app, "consumer", None)
+    unacked = getattr(consumer, "_unacked_messages", None)
+    # The consumer fix's tracker (streams/consumer_fix.py) then fetches the partition again from
+    # the first message set aside, should no seek of the rebalance cover it.
+    tracker = getattr(consumer, "__dict__", {}).get("_peakroute_offsets")
+    for e in events:
+        e.message.acked = True  # take_events' ack is then a no-op: no offset is recorded
+        if unacked is not None:
+            unacked.discard(e.message)
+        if tracker is not None:
+            tracker.undelivered(TP(e.message.topic, e.message.partition), e.message.offset)
+    if tracker is not None:
+        for tp, offset in rewind_to.items():
+            tracker.expect(tp, offset)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("set aside %s", offsets_of(events))
+
+
+def offsets_of(events: list[Any]) -> str:
+    """A batch's input offsets, compactly (``topic[p] first-last (n)``): for debug logs that must
+    show which process handled which records, around rebalances and restarts."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for e in events:
+        spans.setdefault((e.message.topic, e.message.partition), []).append(e.message.offset)
+    return ", ".join(f"{t.rsplit('.', 1)[-1]}[{p}] {min(o)}-{max(o)} ({len(o)})" for (t, p), o in sorted(spans.items()))
 
 
 def in_event(event: faust.EventT) -> None:
@@ -244,6 +287,59 @@ class RetryCounter:
         return self._memory[key]
 
 
+class InputOrder:
+    """Per input partition, the next offset this process may act on: records are acted on in
+    offset order, with none left out, from the group's committed offset on.
+
+    Why (tests/evidence/2026-11-28-skipped-stock-op): after a kill -9 and a takeover, the new owner
+    of a stock-ops partition acted on offsets 54… while 44…53 — uncommitted, their table changes
+    lost with the killed worker — were never handed to it.  It promised units on stock that lacked
+    those reservations; the commit then stalled on the gap, the commit watch restarted the worker,
+    and 44…53 were applied after 54…70 — refusing two lines whose confirmations had already gone
+    out: 2 units oversold.  Every stage is idempotent for records it sees *again*, not for records
+    it sees *out of order*.  So a record past the next expected offset is set aside and the
+    partition rewound to the missing one (``streams/consumer_fix``), whatever lost it.
+
+    Reset at every assignment: the first record of a partition is then judged against the
+    committed offset (faust seeks there when the assignment's recovery ends).  Records at or
+    before the expected offset are re-reads (rewinds, re-sent batches): admitted, idempotent.
+    """
+
+    #: The same offset still missing after this many re-reads of its partition is believed gone
+    #: from the topic (retention or an operator deleted it unread; the consumer fix then counted a
+    #: hole too).  A re-read is seen as the offsets that come instead starting over.
+    MAX_MISSES = 4
+
+    def __init__(self) -> None:
+        self._next: dict[Any, int] = {}
+        #: tp -> (missing offset, re-reads that did not bring it, latest offset that came instead)
+        self._misses: dict[Any, tuple[int, int, int]] = {}
+
+    def reset(self) -> None:
+        self._next.clear()
+        self._misses.clear()
+
+    def admit(self, tp: Any, offset: int, committed: int | None) -> int | None:
+        """None if the record at ``offset`` may be acted on now (it then counts as acted on);
+        else the offset that must come first."""
+        want = self._next.get(tp, committed)
+        if want is not None and offset > want:
+            missed, times, came = self._misses.get(tp, (None, 0, offset))
+            if missed != want:
+                times = 0
+            elif offset <= came:  # the partition was read again from the missing offset
+                times += 1
+            if times < self.MAX_MISSES:
+                self._misses[tp] = (want, times, offset)
+                return want
+            log.error("%s[%s]: offsets %d..%d still missing after %d re-reads: acting on %d (they are gone "
+                      "from the topic)", getattr(tp, "topic", tp), getattr(tp, "partition", ""), want, offset - 1,
+                      times, offset)
+        self._misses.pop(tp, None)
+        self._next[tp] = offset + 1
+        return None
+
+
 class FreezeWatch:
     """Fencing for a worker that was frozen (SIGSTOP, VM pause, a stalled event loop).
 
@@ -279,6 +375,7 @@ class Guards:
     def __init__(self) -> None:
         self.retries = RetryCounter()
         self.freeze = FreezeWatch()
+        self.order = InputOrder()
 
 
 GUARDS = Guards()
@@ -308,6 +405,12 @@ def install_guards(app: faust.App, settings: Any) -> None:
     @app.timer(interval=1.0, on_leader=False)
     async def freeze_watch() -> None:
         GUARDS.freeze.tick()
+
+    async def new_assignment(*_args: Any, **_kwargs: Any) -> None:
+        GUARDS.order.reset()  # judged against the committed offsets again (InputOrder)
+
+    app.on_partitions_revoked.connect(new_assignment, weak=False)
+    app.on_partitions_assigned.connect(new_assignment, weak=False)
 
     stall = CommitStall(max(60.0, 2 * settings.session_timeout_s))
     recovery_stall = RecoveryStall(stall.limit_s)
@@ -694,7 +797,10 @@ def install_stock_view_repair(app: faust.App, *, levels: Any, views: Any, stock_
 
     @app.timer(interval=every_s, on_leader=False)
     async def repair_stock_view() -> None:
-        if getattr(app, "in_recovery", False):
+        # Only with the tables settled: between an assignment and its recovery the table holds
+        # none of the new partitions' levels, and the mark would be set over an empty republish
+        # (seen in the fault logs: "republished for partitions [5] (0 levels)" mid-rebalance).
+        if not tables_settled(app):
             return
         try:
             owned = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == stock_ops_topic)

@@ -106,6 +106,11 @@ OFFSET_REWINDS = Counter(
     "peakroute_offset_rewinds_total",
     "Input partitions rewound after the consumer skipped offsets (faust-streaming bug, fixed by rewinding)",
     ["topic"])
+INPUT_GAPS = Counter(
+    "peakroute_input_gaps_total",
+    "Input records that reached an agent past an earlier record it had not acted on (lost between Kafka "
+    "and the agent): set aside and the partition rewound, so records are acted on in order",
+    ["topic"])
 OFFSET_HOLES = Counter(
     "peakroute_offset_holes_total",
     "Offsets missing from an input topic even after rewinding (retention or trimming removed unread records)",

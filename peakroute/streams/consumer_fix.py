@@ -96,6 +96,14 @@ class OffsetTracker:
         self.rewinding[tp] = (want, batch, (tries if target == want else 0) + 1)
         return REWIND, want
 
+    def expect(self, tp: Any, offset: int) -> None:
+        """``offset`` must be delivered (again) next: an agent found it missing (agents.common.
+        InputOrder).  The check between fetches then rewinds the partition to it."""
+        want = self.expected.get(tp)
+        if want is None or want > offset:
+            self.expected[tp] = offset
+        self.rewinding.pop(tp, None)
+
     def forget(self, tp: Any) -> None:
         self.expected.pop(tp, None)
         self.rewinding.pop(tp, None)
@@ -353,6 +361,9 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                 set_flag(flag_consumer_fetching)
                 ait = cast(Any, getmany(timeout=1.0))
                 batch = next(_FETCHES)
+                # Bug hunts (PEAKROUTE_LOG_LEVEL=DEBUG): what each fetch handed to the streams, and
+                # what it did not, per input partition.
+                trace: dict[Any, list[str]] | None = {} if log.isEnabledFor(logging.DEBUG) else None
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
@@ -366,6 +377,9 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                             if tp in read_offsets.resets:
                                 tracker.reset(tp, read_offsets.resets.pop(tp))
                             verdict, missing = tracker.decide(tp, offset, batch)
+                            if trace is not None:
+                                trace.setdefault(tp, []).append(str(offset) if verdict == DELIVER else
+                                                                f"{offset}:{verdict}")
                             if verdict in (DUPLICATE, SKIP):
                                 continue
                             if verdict == REWIND:
@@ -393,6 +407,8 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                                 finished = delivery in waited.done
                             if not finished or service_stopping():
                                 tracker.undelivered(tp, offset)  # the flow stopped first
+                                if trace is not None:
+                                    trace.setdefault(tp, []).append(f"{offset}:undelivered")
                             elif tp not in read_offsets.resets:  # not reset while the callback ran
                                 read_offsets.set_read(tp, offset)
                             continue
@@ -411,6 +427,9 @@ def _drain_messages_factory(input_topics: frozenset[str]) -> Any:
                             if not finished:
                                 await self.wait_first(delivery, self.suspend_flow.wait())
                             read_offsets.set_read(tp, offset)
+                    if trace:
+                        log.debug("fetch %d: %s", batch, "; ".join(
+                            f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}] {' '.join(offs)}" for tp, offs in trace.items()))
                     unset_flag(flag_consumer_fetching)
 
         except self.consumer_stopped_errors:

@@ -67,7 +67,11 @@ class Worker:
     def start(self) -> None:
         log = self.pool.log_dir / f"{self.name}-{self.generation}.log"
         self.generation += 1
-        self.proc = PeakrouteProcess(self.pool.settings, ["worker", "--metrics-port", "0"], log, **self.pool.env)
+        # PEAKROUTE_FAULT_WORKER_LOGLEVEL=info: faust's rebalance, recovery and seek lines in the
+        # kept worker logs (with PEAKROUTE_LOG_LEVEL=DEBUG: every stock batch's offsets), for a bug hunt.
+        loglevel = os.environ.get("PEAKROUTE_FAULT_WORKER_LOGLEVEL", "warning")
+        self.proc = PeakrouteProcess(self.pool.settings, ["worker", "--metrics-port", "0", "--loglevel", loglevel],
+                                     log, **self.pool.env)
         self.wanted = True
 
     def alive(self) -> bool:
@@ -272,7 +276,7 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: st
         producer = make_producer(settings)
         produce_inventory(producer, generate_stock(catalog, network, units=units,
                                                    scarce={"SKU-LIPSTICK-07": 150, "SKU-EARBUD-W": 200}))
-        passed = {k: os.environ[k] for k in ("PEAKROUTE_EVENT_LOOP",) if k in os.environ}
+        passed = {k: os.environ[k] for k in ("PEAKROUTE_EVENT_LOOP", "PEAKROUTE_LOG_LEVEL") if k in os.environ}
         pool = WorkerPool(settings, tmp / "logs", **{**passed, **env})
         monitor = LagMonitor(settings)
         sc = Scenario(name, settings, tmp, pool, monitor)

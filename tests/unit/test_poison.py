@@ -307,3 +307,47 @@ def test_recovery_diagnosis_reads_what_faust_keeps_on_an_unstarted_app(tmp_path)
     got = recovery_diagnosis(app)
     assert got["remaining"] == 0 and got["partitions"] == {} and got["buffers"] == {}
     assert set(got) == {"remaining", "flow_active", "flow_control_active", "fetcher", "buffers", "partitions"}
+
+
+def test_input_order_admits_records_in_offset_order_from_the_committed_offset() -> None:
+    """tests/evidence/2026-11-28-skipped-stock-op: a stock-ops record acted on before an earlier,
+    uncommitted one oversold 2 units.  A record past a missing one must wait for it."""
+    from peakroute.agents.common import InputOrder
+
+    order = InputOrder()
+    assert order.admit("p3", 54, committed=44) == 44  # 44..53 never reached the agent
+    assert order.admit("p3", 54, committed=44) == 44  # still missing: nothing counted as acted on
+    assert order.admit("p3", 44, committed=44) is None
+    assert [order.admit("p3", o, committed=44) for o in range(45, 55)] == [None] * 10
+    assert order.admit("p3", 56, committed=44) == 55  # one lost in the middle
+    assert order.admit("p3", 50, committed=44) is None  # a re-read (rewind, re-sent batch): idempotent
+    assert order.admit("p3", 52, committed=44) == 51  # ... and it continues from there
+    # Nothing committed yet for the partition: its first record is taken as the start.
+    assert order.admit("p4", 7, committed=None) is None
+    assert order.admit("p4", 9, committed=None) == 8
+    # A new assignment judges against the committed offset again.
+    order.reset()
+    assert order.admit("p3", 60, committed=60) is None
+    assert order.admit("p4", 12, committed=10) == 10
+    # Records fetched before the re-read took effect keep coming: all wait, however many.
+    assert [order.admit("p4", o, committed=10) for o in range(13, 40)] == [10] * 27
+    # Offsets gone from the topic (retention): after a few re-reads that never bring them, go on.
+    for _ in range(InputOrder.MAX_MISSES - 1):
+        assert order.admit("p4", 12, committed=10) == 10  # read again from 10: 12 comes first again
+        assert order.admit("p4", 13, committed=10) == 10
+    assert order.admit("p4", 12, committed=10) is None
+    assert order.admit("p4", 13, committed=10) is None
+
+
+def test_tracker_expect_makes_the_check_between_fetches_rewind_to_a_missing_offset() -> None:
+    from peakroute.streams.consumer_fix import OffsetTracker
+
+    tracker = OffsetTracker()
+    tracker.expected["p"] = 71
+    tracker.expect("p", 44)
+    assert tracker.overrun("p", position=71) == 44
+    tracker.expect("p", 50)  # never moves the expected offset forward
+    assert tracker.expected["p"] == 44
+    fresh = OffsetTracker()
+    fresh.expect("q", 3)  # a partition the tracker had forgotten
+    assert fresh.overrun("q", position=9) == 3
