@@ -298,7 +298,10 @@ class InputOrder:
     and 44…53 were applied after 54…70 — refusing two lines whose confirmations had already gone
     out: 2 units oversold.  Every stage is idempotent for records it sees *again*, not for records
     it sees *out of order*.  So a record past the next expected offset is set aside and the
-    partition rewound to the missing one (``streams/consumer_fix``), whatever lost it.
+    partition rewound to the missing one (``streams/consumer_fix``), whatever lost it.  One way
+    it happens, caught with traces: records of one fetch are split over two batches; the first
+    arrives while the tables still recover and is set aside, the second a few ms later with the
+    tables settled — without this guard it would be acted on before the first is read again.
 
     Reset at every assignment: the first record of a partition is then judged against the
     committed offset (faust seeks there when the assignment's recovery ends).  Records at or
