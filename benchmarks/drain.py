@@ -120,6 +120,11 @@ def main() -> None:
             for w in workers:
                 w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
                 w.wait()
+        # Re-reads the workers did (they cost drain time): records set aside during the start-up
+        # rebalance, and records that reached an agent out of order (agents.common.InputOrder).
+        logs = "".join((Path(tmp) / f"w{i}.log").read_text(errors="replace") for i in range(args.workers))
+        print(f"worker re-reads: {logs.count('set aside, to be read again')} batch(es) set aside in a rebalance, "
+              f"{logs.count('reached the agent before')} out-of-order arrival(s) set aside")
         if args.restart:
             time_recovery(settings, env, Path(tmp))
 
