@@ -68,7 +68,7 @@ class Worker:
         log = self.pool.log_dir / f"{self.name}-{self.generation}.log"
         self.generation += 1
         # PEAKROUTE_FAULT_WORKER_LOGLEVEL=info: faust's rebalance, recovery and seek lines in the
-        # kept worker logs (with PEAKROUTE_LOG_LEVEL=DEBUG: every stock batch's offsets), for a bug hunt.
+        # kept worker logs (with PEAKROUTE_LOG_LEVEL=DEBUG: every fetch and agent batch), for a bug hunt.
         loglevel = os.environ.get("PEAKROUTE_FAULT_WORKER_LOGLEVEL", "warning")
         self.proc = PeakrouteProcess(self.pool.settings, ["worker", "--metrics-port", "0", "--loglevel", loglevel],
                                      log, **self.pool.env)
