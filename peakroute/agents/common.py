@@ -419,14 +419,16 @@ def install_guards(app: faust.App, settings: Any) -> None:
     recovery_stall = RecoveryStall(stall.limit_s)
     paused_since: list[float] = []  # when the watch last started standing aside (rebalance, recovery)
 
-    def check_recovery() -> None:
+    async def check_recovery() -> None:
         rec = app.tables.recovery
         if not rec.in_recovery:
             return
         received = rec._active_events_received_at  # noqa: SLF001 - faust keeps no public view of it
-        quiet = recovery_stall.stalled_for(time.monotonic(), rec._recovery_started_at,  # noqa: SLF001
-                                           max(received.values(), default=None))
+        now, started, last = time.monotonic(), rec._recovery_started_at, max(received.values(), default=None)  # noqa: SLF001
+        quiet = recovery_stall.stalled_for(now, started, last)
         if quiet is None:
+            if recovery_stall.repair_due(now, started, last):
+                await reread_changelogs(rec, now - max(started, last or started))
             return
         try:
             diagnosis: Any = recovery_diagnosis(app)
@@ -435,11 +437,30 @@ def install_guards(app: faust.App, settings: Any) -> None:
         log.error("recovery watch: no changelog record received for %.0f s: %s", quiet, diagnosis)
         die("recovery-watch", TimeoutError(f"table recovery received nothing for {quiet:.0f} s"))
 
+    async def reread_changelogs(rec: Any, quiet: float) -> None:
+        """Fetch again the changelog records the recovery never received (RecoveryStall)."""
+        from ..streams.consumer_fix import fetch_position, kafka_client
+
+        try:
+            client = kafka_client(app.consumer)
+            positions = {tp: fetch_position(client, tp) if client else None for tp in rec.active_tps}
+            rewinds = changelog_rewinds(dict(rec.active_offsets), dict(rec.active_highwaters), positions)
+            if not rewinds:
+                return
+            log.warning("recovery watch: no changelog record received for %.0f s, but the consumer fetched past "
+                        "what the recovery received: reading again %s", quiet,
+                        {f"{tp.topic}[{tp.partition}]": (positions[tp], offset) for tp, offset in rewinds.items()})
+            for tp, offset in rewinds.items():
+                await app.consumer.seek(tp, offset)
+                m.RECOVERY_REREADS.inc()
+        except Exception as exc:  # noqa: BLE001 - a timer's exception stops the faust app; the exit remains
+            log.warning("recovery watch: could not read the changelogs again: %r", exc)
+
     @app.timer(interval=5.0, on_leader=False)
     async def commit_watch() -> None:
         if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
             stall.reset()
-            check_recovery()
+            await check_recovery()
             if not paused_since:
                 paused_since.append(time.monotonic())
             elif time.monotonic() - paused_since[0] > stall.limit_s:
@@ -520,27 +541,62 @@ def offset_diagnosis(app: Any, tp: Any) -> dict[str, Any]:
 class RecoveryStall:
     """A table recovery that receives nothing from the changelogs it is reading.
 
-    Seen once in CI (``tests/evidence/2026-11-28-recovery-hang``): after a rebalance faust's
-    recovery waited for changelog records that never came ("No event received for active tp …
-    since recovery start") and the worker's input partitions stood still for good, with no error.
-    A recovery that is working receives records continuously, so ``limit_s`` without any (counted
-    from the recovery's start or its last record) is a stall: the worker exits (code 70) and its
-    supervisor restarts it, which rebuilds the tables from the changelogs from scratch.
+    Seen in CI and in a looped fault run (``tests/evidence/2026-11-28-recovery-hang``): after a
+    rebalance faust's recovery waited for changelog records that never came ("No event received
+    for active tp … since recovery start") and the worker's input partitions stood still for good,
+    with no error.  The watch's own diagnosis of the looped run showed every recovering partition
+    with the Kafka client's fetch position at the partition's end and nothing received: the
+    records had been fetched and dropped before they reached the recovery.
+
+    So after ``repair_s`` without a record the watch reads those partitions again from what the
+    recovery has received (:func:`changelog_rewinds`), once per ``repair_s``; after ``limit_s``
+    without a record (counted from the recovery's start or its last record) the worker exits
+    (code 70) and its supervisor restarts it, which rebuilds the tables from the changelogs.
     """
 
-    def __init__(self, limit_s: float) -> None:
+    def __init__(self, limit_s: float, repair_s: float = 15.0) -> None:
         self.limit_s = limit_s
+        self.repair_s = repair_s
+        self._repaired_at: float | None = None
 
-    def stalled_for(self, now: float, started_at: float | None, last_event_at: float | None) -> float | None:
-        """Seconds without a changelog record if that is over the limit, else None.
-
-        ``started_at``: when the recovery started (None: not recovering); ``last_event_at``: when
-        the latest changelog record arrived in it (None: none yet)."""
+    @staticmethod
+    def quiet_for(now: float, started_at: float | None, last_event_at: float | None) -> float | None:
+        """Seconds without a changelog record (None: not recovering).  ``started_at``: when the
+        recovery started; ``last_event_at``: when its latest changelog record arrived (None: none)."""
         if started_at is None:
             return None
-        quiet_since = max(started_at, last_event_at) if last_event_at is not None else started_at
-        quiet = now - quiet_since
-        return quiet if quiet > self.limit_s else None
+        return now - (max(started_at, last_event_at) if last_event_at is not None else started_at)
+
+    def stalled_for(self, now: float, started_at: float | None, last_event_at: float | None) -> float | None:
+        """Seconds without a changelog record if that is over the limit, else None."""
+        quiet = self.quiet_for(now, started_at, last_event_at)
+        return quiet if quiet is not None and quiet > self.limit_s else None
+
+    def repair_due(self, now: float, started_at: float | None, last_event_at: float | None) -> bool:
+        """Quiet for over ``repair_s`` and no repair in the last ``repair_s``; counts as done."""
+        quiet = self.quiet_for(now, started_at, last_event_at)
+        if quiet is None or quiet <= self.repair_s:
+            return False
+        if self._repaired_at is not None and now - self._repaired_at <= self.repair_s:
+            return False
+        self._repaired_at = now
+        return True
+
+
+def changelog_rewinds(offsets: dict[Any, int | None], highwaters: dict[Any, int | None],
+                      positions: dict[Any, int | None]) -> dict[Any, int]:
+    """Recovering changelog partitions fetched past what the recovery received while records
+    remain: tp -> the offset to fetch again from.  ``offsets``: the last offset the recovery
+    applied (-1 or None: none); ``highwaters``: the last offset it must reach; ``positions``: the
+    Kafka client's fetch position (the next offset it will fetch)."""
+    out = {}
+    for tp, highwater in highwaters.items():
+        seen = offsets.get(tp)
+        seen = -1 if seen is None else seen
+        position = positions.get(tp)
+        if highwater is not None and highwater > seen and position is not None and position > seen + 1:
+            out[tp] = seen + 1
+    return out
 
 
 def recovery_diagnosis(app: Any) -> dict[str, Any]:

@@ -111,6 +111,10 @@ INPUT_GAPS = Counter(
     "Input records that reached an agent past an earlier record it had not acted on (lost between Kafka "
     "and the agent): set aside and the partition rewound, so records are acted on in order",
     ["topic"])
+RECOVERY_REREADS = Counter(
+    "peakroute_recovery_rereads_total",
+    "Changelog partitions read again because a table recovery received nothing while the consumer had "
+    "fetched past it (records dropped before they reached faust's recovery)")
 OFFSET_HOLES = Counter(
     "peakroute_offset_holes_total",
     "Offsets missing from an input topic even after rewinding (retention or trimming removed unread records)",

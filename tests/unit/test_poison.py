@@ -351,3 +351,28 @@ def test_tracker_expect_makes_the_check_between_fetches_rewind_to_a_missing_offs
     fresh = OffsetTracker()
     fresh.expect("q", 3)  # a partition the tracker had forgotten
     assert fresh.overrun("q", position=9) == 3
+
+
+def test_recovery_watch_reads_changelogs_again_before_it_gives_up() -> None:
+    """The looped run's diagnosis (tests/evidence/2026-11-28-recovery-hang): every recovering
+    partition fetched to its end, nothing received.  Read again after repair_s, at most once per
+    repair_s; exit after limit_s."""
+    from peakroute.agents.common import RecoveryStall, changelog_rewinds
+
+    watch = RecoveryStall(60, repair_s=15)
+    assert not watch.repair_due(1010, started_at=1000, last_event_at=None)
+    assert watch.repair_due(1016, started_at=1000, last_event_at=None)
+    assert not watch.repair_due(1021, started_at=1000, last_event_at=None)  # just repaired
+    assert watch.repair_due(1032, started_at=1000, last_event_at=None)
+    assert not watch.repair_due(1050, started_at=1000, last_event_at=1040)  # records arrive again
+    assert not watch.repair_due(2000, started_at=None, last_event_at=None)  # not recovering
+    assert watch.stalled_for(1061, started_at=1000, last_event_at=None) == 61
+
+    # tp -> last applied, last to reach, the client's next fetch
+    offsets = {"routing[0]": -1, "holds[0]": 40, "levels[0]": 116, "levels[2]": None}
+    highwaters = {"routing[0]": 230, "holds[0]": 113, "levels[0]": 117, "levels[2]": 71}
+    positions = {"routing[0]": 231, "holds[0]": 41, "levels[0]": 118, "levels[2]": None}
+    assert changelog_rewinds(offsets, highwaters, positions) == {"routing[0]": 0, "levels[0]": 117}
+    # holds[0]: the client is where the recovery is (nothing dropped: waiting on the broker);
+    # levels[2]: position unknown; a partition recovered to its highwater is never read again.
+    assert changelog_rewinds({"t": 230}, {"t": 230}, {"t": 231}) == {}
