@@ -392,8 +392,9 @@ def freeze_limit(session_timeout_s: float) -> float:
 
 
 def install_guards(app: faust.App, settings: Any) -> None:
-    """The poison-pill retry counter, the freeze watch, the commit watch and the consumer's offset
-    fix (``streams/consumer_fix.py``) of one worker process."""
+    """The poison-pill retry counter, the freeze watch, the commit watch with its recovery watch
+    (:class:`RecoveryStall`), the input order's reset at every assignment (:class:`InputOrder`)
+    and the consumer's offset fix (``streams/consumer_fix.py``) of one worker process."""
     from ..streams.topics import INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES
 
     inputs = {*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES}
