@@ -181,6 +181,8 @@ def owned_events(app: Any, events: Sequence[faust.EventT], stage: str) -> list[f
             log.warning("%s: %s[%s] offset %d reached the agent before offset %d (records lost between Kafka and "
                         "the agent): set aside, the partition is read again from %d", stage, tp.topic, tp.partition,
                         came, first, first)
+    if in_order and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s batch: %s", stage, offsets_of(in_order))
     return in_order
 
 

@@ -42,7 +42,7 @@ from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
-                     die, offsets_of, order_partition, owned_events, send_dead_letter, sku_partition)
+                     die, order_partition, owned_events, send_dead_letter, sku_partition)
 from .normalize import channel_of, is_raw, process_raw
 
 log = logging.getLogger("peakroute.fulfillment")
@@ -244,8 +244,6 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             if not events:
                 continue
             watch.ensure(state_table, recovered=True)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("fulfillment batch: %s", offsets_of(events))
             # (event, canonical order or reply batch, the order's dedup version or None for replies)
             decoded: list[tuple[faust.EventT, Any, dict | None]] = []
             skus: set[str] = set()

@@ -24,7 +24,7 @@ from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
 from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
-                     offsets_of, owned_events, sku_partition)
+                     owned_events, sku_partition)
 
 log = logging.getLogger("peakroute.stock")
 
@@ -80,8 +80,6 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
             if not events:
                 continue
             now = time.time()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("stock batch: %s", offsets_of(events))
             if drift is None:  # owned_events: a batch is acted on only with the tables settled
                 drift = {}
                 for key, reserved in reserved_drift(levels, holds).items():
