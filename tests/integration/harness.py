@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that makes a child ``peakroute`` process use ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAKROUTE_")}
+    # Only the log level passes through (PEAKROUTE_LOG_LEVEL=DEBUG: every fetch and agent batch in
+    # the kept worker logs, for a bug hunt); every other setting comes from ``settings``.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAKROUTE_") or k == "PEAKROUTE_LOG_LEVEL"}
     env.update({
         "PEAKROUTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "PEAKROUTE_REDIS_URL": settings.redis_url,

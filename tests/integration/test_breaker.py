@@ -155,8 +155,18 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
     print(f"breaker drained and closed {time.monotonic() - drain_started:.1f} s after the surge was over")
 
     want = set(ids)
-    evs = wait_for(lambda: (lambda e: e if all(any(is_terminal(x) for x in e.get(o, [])) for o in want) else None)(
-        events_of(settings, want)), 120, "an outcome for every order", step=2)
+    seen: dict[str, list[str]] = {}
+
+    def every_outcome() -> dict[str, list[str]] | None:
+        seen.clear()
+        seen.update(events_of(settings, want))
+        return seen if all(any(is_terminal(x) for x in seen.get(o, [])) for o in want) else None
+
+    def missing() -> str:
+        lacking = {o: seen.get(o, []) for o in sorted(want) if not any(is_terminal(x) for x in seen.get(o, []))}
+        return f"{len(lacking)} of {len(want)} orders without an outcome: {dict(list(lacking.items())[:20])}\n{looks()}"
+
+    evs = wait_for(every_outcome, 120, "an outcome for every order", step=2, show=missing)
     evs = {o: [x.split(":")[0] if not x.startswith("backordered") else x for x in e] for o, e in evs.items()}
     finals = Counter([x for x in e if is_terminal(x)][-1] for e in evs.values())
     assert finals == {"routed": len(want) - 1, "cancelled": 1}, finals
