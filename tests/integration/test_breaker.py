@@ -157,14 +157,17 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
     want = set(ids)
     seen: dict[str, list[str]] = {}
 
+    def lacking() -> dict[str, list[str]]:
+        return {o: seen.get(o, []) for o in sorted(want) if not any(is_terminal(x) for x in seen.get(o, []))}
+
     def every_outcome() -> dict[str, list[str]] | None:
         seen.clear()
         seen.update(events_of(settings, want))
-        return seen if all(any(is_terminal(x) for x in seen.get(o, [])) for o in want) else None
+        return None if lacking() else seen
 
     def missing() -> str:
-        lacking = {o: seen.get(o, []) for o in sorted(want) if not any(is_terminal(x) for x in seen.get(o, []))}
-        return f"{len(lacking)} of {len(want)} orders without an outcome: {dict(list(lacking.items())[:20])}\n{looks()}"
+        left = lacking()
+        return f"{len(left)} of {len(want)} orders without an outcome: {dict(list(left.items())[:20])}\n{looks()}"
 
     evs = wait_for(every_outcome, 120, "an outcome for every order", step=2, show=missing)
     evs = {o: [x.split(":")[0] if not x.startswith("backordered") else x for x in e] for o, e in evs.items()}
