@@ -49,8 +49,15 @@ def env(tmp_path_factory: pytest.TempPathFactory):
         produce(settings, INVENTORY, [(b"T-BRK", orjson.dumps({"type": "snapshot", "sku": "T-BRK", "warehouse": wh,
                                                                  "on_hand": 100000}))
                                       for wh in ("WH-EAST", "WH-CENTRAL")])
+        url = f"http://127.0.0.1:{port}"
         try:
-            yield settings, f"http://127.0.0.1:{port}", procs, tmp, extra
+            # Ready means: the api answers and the workers have applied the stock snapshot.  Without
+            # this the first call can race the api's start (connection refused), and the first orders
+            # can race the snapshot (a spurious "insufficient stock" backorder).
+            wait_for(lambda: answers(url, "/healthz"), 60, "the api to listen", show=lambda: procs["api"].output()[-3000:])
+            wait_for(lambda: stock_on_hand(url, "T-BRK") == 200000, 90, "the stock snapshot to be applied",
+                     show=lambda: "\n".join(p.output()[-2000:] for p in procs.values()))
+            yield settings, url, procs, tmp, extra
         finally:
             for p in procs.values():
                 p.stop()
@@ -69,6 +76,24 @@ def call(base: str, method: str, path: str, token: str | None = TOKEN) -> tuple[
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def answers(base: str, path: str) -> bool:
+    """Whether ``GET path`` gets any HTTP answer (the server listens)."""
+    try:
+        call(base, "GET", path)
+        return True
+    except OSError:
+        return False
+
+
+def stock_on_hand(base: str, sku: str) -> int | None:
+    """Total on hand of ``sku`` as the api reports it (None until the stock view knows the SKU)."""
+    try:
+        status, body = call(base, "GET", f"/stock/{sku}")
+    except OSError:
+        return None
+    return body["total"]["on_hand"] if status == 200 else None
 
 
 def breaker(base: str, key: str) -> dict:
