@@ -10,6 +10,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 6371.0 * 2 * math.asin(math.sqrt(h))
 
 
+@lru_cache(maxsize=4096)
+def _distance_to_province(lat: float, lon: float, province_code: str) -> float:
+    """Remembered: the planner asks it ~6 times per order for a few dozen (warehouse, province)
+    pairs, and the trigonometry was ~10% of the pure per-order path (benchmarks/RESULTS.md)."""
+    return distance_km((lat, lon), PROVINCE_COORDS[province_code])
+
+
 @dataclass(frozen=True)
 class Warehouse:
     code: str
@@ -52,8 +60,9 @@ class Warehouse:
         return "*" in self.serves or code in self.serves
 
     def distance_to(self, province_code: str) -> float:
-        coords = PROVINCE_COORDS.get(province_code)
-        return distance_km((self.lat, self.lon), coords) if coords else 10_000.0
+        if province_code not in PROVINCE_COORDS:
+            return 10_000.0
+        return _distance_to_province(self.lat, self.lon, province_code)
 
     def ship_by(self, paid_at: datetime) -> datetime:
         """Paid before today's cut-off: ship today; otherwise tomorrow (end of day, Beijing time)."""

@@ -76,25 +76,29 @@ def _covers(needs: Sequence[LineNeed], wh: str, available: Available) -> bool:
     return all(available(sku, wh) >= qty for sku, qty in total.items())
 
 
-def _band(w: Warehouse, province_code: str) -> int:
-    return int(w.distance_to(province_code) // DISTANCE_BAND_KM)
-
-
 def plan_order(lines: Sequence[LineNeed], *, channel: str, province_code: str, network: Network,
                available: Available, capacity_left: Callable[[str], int]) -> Plan:
     """The shipments that should ship this order, or why it must be backordered."""
     candidates = eligible_warehouses(network, channel, province_code, capacity_left)
     if not candidates:
         return Plan(backorder_reason="no_eligible_warehouse")
-    main = [n for n in lines if not n.gift] or list(lines)
-    gifts = [n for n in lines if n.gift and n not in main]
+    main = [n for n in lines if not n.gift]
+    # Gifts ride along; an order of gifts only is shipped as it is.
+    gifts = [n for n in lines if n.gift] if main else []
+    main = main or list(lines)
+    units: dict[str, int] = defaultdict(int)  # what the whole order needs of each SKU
+    for n in main:
+        units[n.sku] += n.qty
 
-    def balance(w: Warehouse) -> int:
-        return min(available(n.sku, w.code) - n.qty for n in main)
+    def rank(w: Warehouse) -> tuple[int, int, float]:
+        """Nearness band first, then the stock balance left (more is better), then distance."""
+        distance = w.distance_to(province_code)
+        balance = min(available(n.sku, w.code) - n.qty for n in main)
+        return int(distance // DISTANCE_BAND_KM), -balance, distance
 
-    whole = [w for w in candidates if _covers(main, w.code, available)]
+    whole = [w for w in candidates if all(available(sku, w.code) >= qty for sku, qty in units.items())]
     if whole:
-        best = min(whole, key=lambda w: (_band(w, province_code), -balance(w), w.distance_to(province_code)))
+        best = whole[0] if len(whole) == 1 else min(whole, key=rank)
         shipments = [(best.code, list(main))]
     else:
         shipments = _split(main, candidates, province_code, available, network.max_shipments)
