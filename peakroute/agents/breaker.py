@@ -39,16 +39,17 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
             keys = set(rates) | set(await store.all())
             held = await store.held_count(keys)
             releases: list[tuple[int, dict]] = []
-            for key in sorted(keys):
-                n_release = 0
+            to_release: dict[str, int] = {}
 
-                def change(b: Breaker, key: str = key) -> Breaker:
-                    nonlocal n_release
-                    b = observe(b, rates.get(key, 0.0), now, cfg, held.get(key, 0))
-                    b, n_release = take_tokens(b, now, cfg, held.get(key, 0))
-                    return b
+            def change(key: str, b: Breaker) -> Breaker:
+                # Called again for every key if the transaction is retried: to_release is overwritten.
+                b = observe(b, rates.get(key, 0.0), now, cfg, held.get(key, 0))
+                b, to_release[key] = take_tokens(b, now, cfg, held.get(key, 0))
+                return b
 
-                b = await store.update(key, change)
+            evaluated = await store.update_many(sorted(keys), change)
+            for key, b in evaluated.items():
+                n_release = to_release[key]
                 if states_seen.get(key, b.state) != b.state:
                     log.warning("breaker %s: %s -> %s (rate %.1f/s, baseline %.1f/s, %d held)", key,
                                 states_seen[key], b.state, b.rate, b.baseline, held.get(key, 0) - n_release)

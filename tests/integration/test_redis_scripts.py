@@ -63,3 +63,43 @@ def test_batch_scripts_write_what_the_commands_would(stack_settings: Settings) -
     assert r.get(rate_key("channel:tmall", 100)) == b"2" and r.get(rate_key("channel:tmall", 101)) == b"1"
     assert r.get(rate_key("sku:SKU-1", 100)) == b"1" and 0 < r.ttl(rate_key("sku:SKU-1", 100)) <= 300
     assert r.scard(KEYS) == 2 + 2300
+
+
+
+def test_breakers_updated_in_one_transaction_leave_what_one_update_per_key_leaves(stack_settings: Settings) -> None:
+    """The tick's ``update_many`` writes every key's change in one transaction; a breaker an
+    operator writes while the tick decides is not overwritten with the tick's stale copy: the
+    transaction fails and the whole tick is decided again on what is stored now."""
+    from dataclasses import replace
+
+    import orjson
+
+    from peakroute.domain.breaker import Breaker
+    from peakroute.tables.breaker_store import BREAKERS
+
+    r = redis.Redis.from_url(stack_settings.redis_url)
+    r.delete(BREAKERS)
+    calls: list[str] = []
+
+    def change(key: str, b: Breaker) -> Breaker:
+        if not calls:  # an operator trips channel:jd between the tick's read and its write
+            r.hset(BREAKERS, "channel:jd", orjson.dumps(replace(Breaker("channel:jd"), state="open",
+                                                                reason="operator").to_dict()))
+        calls.append(key)
+        return replace(b, ticks_seen=b.ticks_seen + 1)
+
+    async def run() -> dict:
+        breakers = BreakerStore(stack_settings.redis_url)
+        try:
+            await breakers.update("sku:A", lambda b: replace(b, baseline=5.0))
+            return await breakers.update_many(["channel:jd", "sku:A", "sku:new"], change)
+        finally:
+            await breakers.close()
+
+    out = asyncio.run(run())
+    assert calls == ["channel:jd", "sku:A", "sku:new"] * 2, "decided again after the operator's write"
+    assert out["channel:jd"].state == "open" and out["channel:jd"].reason == "operator", "the trip survives"
+    assert out["sku:A"].baseline == 5.0 and out["sku:A"].ticks_seen == 1, "read, changed once, written"
+    assert out["sku:new"].key == "sku:new" and out["sku:new"].ticks_seen == 1, "a key never seen starts fresh"
+    stored = {k.decode(): Breaker.from_dict(orjson.loads(v)) for k, v in r.hgetall(BREAKERS).items()}
+    assert stored == out
