@@ -40,8 +40,8 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 @lru_cache(maxsize=4096)
 def _distance_to_province(lat: float, lon: float, province_code: str) -> float:
-    """Remembered: the planner asks it ~6 times per order for a few dozen (warehouse, province)
-    pairs, and the trigonometry was ~10% of the pure per-order path (benchmarks/RESULTS.md)."""
+    """Remembered: the planner asks it ~6 times per order, always for one of a few hundred
+    (warehouse, province) pairs (with the planner's other cut: plan ×0.90, benchmarks/RESULTS.md)."""
     return distance_km((lat, lon), PROVINCE_COORDS[province_code])
 
 
