@@ -751,12 +751,17 @@ class BatchWrites:
             return default if v is _DELETED else v
         if key in self._absent:
             return default
-        # The key of an event's state lives on that event's partition: the store looks there first.
+        # The key of an event's state lives on that event's partition — :meth:`flush` writes it
+        # there and only there, and every agent acts on the keys its input partition owns (an
+        # order's raw partition, a SKU's stock-ops partition) — so a miss there is an answer
+        # (``exact``: the store probes no other partition; a payload read off its order's partition
+        # is forwarded home whatever it finds here).
         partition = self._event.message.partition if self._event is not None else None
+        exact = partition is not None
         if isinstance(self.table, PackedTable):
-            v = self.table.get(key, _DELETED, partition)
+            v = self.table.get(key, _DELETED, partition, exact)
         else:
-            v = table_get(self.table, key, _DELETED, partition)
+            v = table_get(self.table, key, _DELETED, partition, exact)
         if v is _DELETED:
             self._absent.add(key)
             return default

@@ -34,9 +34,10 @@ class PackedTable:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def get(self, key: Any, default: Any = None, partition: int | None = None) -> Any:
-        """``partition``: where the key should live, a hint for the RocksDB store (tables/store.py)."""
-        raw = table_get(self.table, key, None, partition)
+    def get(self, key: Any, default: Any = None, partition: int | None = None, exact: bool = False) -> Any:
+        """``partition``: where the key should live, a hint for the RocksDB store (``exact``: where
+        it is if anywhere; tables/store.py)."""
+        raw = table_get(self.table, key, None, partition, exact)
         return default if raw is None else orjson.loads(raw)
 
     def __getitem__(self, key: Any) -> Any:

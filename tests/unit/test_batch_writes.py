@@ -74,3 +74,28 @@ def test_a_key_found_absent_is_not_looked_up_again_in_the_same_batch_and_is_afte
     table.reads = 0
     del table["new"]
     assert w.get("new") is None and table.reads == 1, "a new batch looks again"
+
+
+def test_a_read_asks_the_store_for_the_events_own_partition_only() -> None:
+    """An agent's state for a key lives on the partition of the events that own the key (flush
+    writes it there), so the read is ``exact``: a miss there is not searched for elsewhere."""
+    from peakroute.tables.packed import PackedTable
+
+    asked: list[tuple] = []
+
+    class Spy(PackedTable):
+        def get(self, key, default=None, partition=None, exact=False):  # noqa: ANN001, ANN201
+            asked.append((key, partition, exact))
+            return default
+
+    class Message3:
+        partition = 3
+
+    class Event3:
+        message = Message3()
+
+    w = BatchWrites(Spy({}))
+    assert w.get("o-1") is None, "no event named: the store searches (hint None, not exact)"
+    w.event = Event3()  # type: ignore[assignment]
+    assert w.get("o-2") is None
+    assert asked == [("o-1", None, False), ("o-2", 3, True)]

@@ -113,7 +113,8 @@ def test_the_size_is_rocksdbs_estimate_not_a_scan(tmp_path: Path) -> None:
 
 def test_get_value_is_one_lookup_and_the_partition_hint_only_orders_the_search(tmp_path: Path) -> None:
     """``table_get`` reads in one lookup (faust's ``Table.get`` is ``in`` then ``[]``); the hint
-    says where to look first, but a wrong hint still finds the key (correctness never rests on it)."""
+    says where to look first, and a wrong hint still finds the key — unless the caller says the hint
+    is exact (it owns the key's partition), when a miss there is the answer."""
     s = bare_store(tmp_path, 3)
     s._encode_key = lambda key: key.encode()
     s._decode_value = lambda raw: raw.decode()
@@ -137,6 +138,15 @@ def test_get_value_is_one_lookup_and_the_partition_hint_only_orders_the_search(t
         looked.clear()
         assert s.get_value("order-B", partition=1) == "state-B" and looked[-1] == 2
         assert s.get_value("order-none", "dflt", partition=2) == "dflt"
+        # exact: the caller owns the key's partition (an agent's BatchWrites), so a miss there is
+        # the answer — no bloom filter of another partition is probed, no other partition read.
+        looked.clear()
+        probed: list[int] = []
+        for p, spy in list(s._dbs.items()):
+            spy.key_may_exist = lambda key, p=p, db=spy.db: probed.append(p) or db.key_may_exist(key)
+        assert s.get_value("order-B", "dflt", partition=1, exact=True) == "dflt" and looked == [1] and probed == []
+        assert s.get_value("order-B", partition=2, exact=True) == "state-B"
+        assert s.get_value("order-B", partition=7, exact=True) == "state-B", "a partition not open here: searched"
         table = SimpleNamespace(data=s)
         assert rocks.table_get(table, "order-B", None, 0) == "state-B"
         assert rocks.table_get({"k": 1}, "k") == 1, "anything else: its own get (memory:// tables, fakes)"
