@@ -115,6 +115,11 @@ class Settings:
     #: How long (ms) the broker may hold a fetch of the worker's consumer to gather 64 KiB; 0 is
     #: faust's default (answer as soon as anything is there: many small fetches under a steady stream).
     fetch_wait_ms: int = 0
+    #: ``fast``: the worker's consumer encodes its Fetch requests and decodes the responses with
+    #: ``struct`` (peakroute/streams/fetch_codec.py; the same bytes and values as aiokafka's own);
+    #: ``aiokafka``: aiokafka's generic field-by-field codec (for an A/B, or should a newer aiokafka
+    #: differ — the fast codec then also steps aside by itself).
+    fetch_codec: str = "fast"
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)

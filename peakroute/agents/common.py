@@ -404,6 +404,12 @@ def install_guards(app: faust.App, settings: Any) -> None:
 
     consumer_fix.install(inputs)
     consumer_fix.batch_fetches(settings.fetch_wait_ms)
+    if settings.fetch_codec == "fast":
+        from ..streams import fetch_codec
+
+        fetch_codec.install()
+    elif settings.fetch_codec != "aiokafka":
+        raise ValueError(f"PEAKROUTE_FETCH_CODEC must be fast or aiokafka, not {settings.fetch_codec!r}")
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
