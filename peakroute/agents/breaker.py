@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import faust
 
-from ..domain.breaker import HALF_OPEN, Breaker, BreakerConfig, observe, take_tokens
+from ..config import CHANNELS
+from ..domain.breaker import HALF_OPEN, Breaker, BreakerConfig, catch_up, observe, take_tokens
 from ..domain.fulfillment import HELD, Watchlist
 from ..metrics import registry as m
 from ..streams.codecs import dumps
@@ -23,6 +25,7 @@ from .common import by_partition
 
 log = logging.getLogger("peakroute.breaker")
 STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+CHANNEL_KEYS = {f"channel:{c}" for c in CHANNELS}
 
 
 def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: BreakerStore,
@@ -36,18 +39,20 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
         now = time.time()
         try:
             rates = await store.rates(cfg.window_s, now)
-            keys = set(rates) | set(await store.all())
+            # The keys counted in the window, every channel (its gauges go to 0 when it is idle)
+            # and the breakers not closed; an idle SKU is caught up when it is next counted.
+            keys = set(rates) | CHANNEL_KEYS | await store.not_closed()
             held = await store.held_count(keys)
             releases: list[tuple[int, dict]] = []
             to_release: dict[str, int] = {}
 
-            def change(key: str, b: Breaker) -> Breaker:
+            def change(key: str, b: Breaker, tick: int) -> Breaker:
                 # Called again for every key if the transaction is retried: to_release is overwritten.
-                b = observe(b, rates.get(key, 0.0), now, cfg, held.get(key, 0))
+                b = observe(catch_up(b, tick, cfg), rates.get(key, 0.0), now, cfg, held.get(key, 0))
                 b, to_release[key] = take_tokens(b, now, cfg, held.get(key, 0))
-                return b
+                return replace(b, tick=tick)
 
-            evaluated = await store.update_many(sorted(keys), change)
+            evaluated = await store.evaluate(sorted(keys), change)
             for key, b in evaluated.items():
                 n_release = to_release[key]
                 if states_seen.get(key, b.state) != b.state:

@@ -59,6 +59,9 @@ class Breaker:
     manual: bool = False  #: tripped by an operator: stays open until an operator acts
     trips: int = 0
     reason: str = ""
+    #: the number of the last evaluation tick that observed this key (0: none, or written before
+    #: ticks were numbered); the ticks in between saw the key idle (see :func:`catch_up`)
+    tick: int = 0
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -114,6 +117,23 @@ def observe(b: Breaker, rate: float, now: float, cfg: BreakerConfig, held: int) 
     if held == 0:
         return replace(b, state=CLOSED, since=now, tokens=0.0, manual=False, drain_rate=0.0, reason="")
     return b
+
+
+def catch_up(b: Breaker, tick: int, cfg: BreakerConfig) -> Breaker:
+    """The breaker as if the ticks since it was last observed had each observed a rate of 0.
+
+    Why: the tick observes only the keys with orders in the window, the channels and the
+    breakers not closed — not every SKU ever counted, whose number grows with the catalog.  A
+    closed breaker skipped because its key was idle would have seen rate 0 at each of those ticks:
+    below the minimum volume, never a surge, so its baseline decayed by ``1 - alpha`` per tick and
+    nothing else changed.  That is applied here in one step, when the key is next observed.
+    Only ticks that ran are counted (``tick`` is the number of this one): a tick that did not run
+    (Redis away, no leader) observed no key, and still does not."""
+    idle = tick - b.tick - 1
+    if b.tick <= 0 or idle <= 0 or b.state != CLOSED:
+        return b
+    baseline = 0.0 if b.ticks_seen == 0 else b.baseline * (1 - cfg.alpha) ** idle
+    return replace(b, baseline=baseline, ticks_seen=b.ticks_seen + idle, rate=0.0)
 
 
 def take_tokens(b: Breaker, now: float, cfg: BreakerConfig, wanted: int) -> tuple[Breaker, int]:

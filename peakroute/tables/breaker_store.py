@@ -4,9 +4,12 @@ Why Redis: a channel's orders are spread over every partition and worker, so its
 counted globally, and the breaker's state must be the same for all of them and survive a worker
 restart.  Redis is the one place every process already talks to (documented in README).
 
-- ``peakroute:rate:<key>:<epoch second>``  counter per key per second (expires after 5 min)
+- ``peakroute:rate:<epoch second>``        hash key → orders counted in that second (expires after 5 min)
 - ``peakroute:breaker:keys``               set of keys ever counted
 - ``peakroute:breakers``                   hash key → breaker JSON (changed with WATCH/MULTI)
+- ``peakroute:breakers:not-closed``        set of the keys whose breaker is open or half-open (kept
+                                           in the same transactions; ``…:indexed`` marks it built)
+- ``peakroute:breaker:tick``               number of the last evaluation tick
 - ``peakroute:held:<key>``                 sorted set "partition|order_id" by hold time
 - ``peakroute:held-orders``                hash order_id → JSON (key, partition, held_at, channel, skus)
 
@@ -29,10 +32,15 @@ from ..domain.breaker import Breaker
 BREAKERS = "peakroute:breakers"
 KEYS = "peakroute:breaker:keys"
 HELD_ORDERS = "peakroute:held-orders"
+NOT_CLOSED = "peakroute:breakers:not-closed"
+NOT_CLOSED_BUILT = "peakroute:breakers:not-closed:indexed"
+TICK = "peakroute:breaker:tick"
 
 
-def rate_key(key: str, second: int) -> str:
-    return f"peakroute:rate:{key}:{second}"
+def rate_key(second: int) -> str:
+    """The hash of one second's counts, key → orders: a tick reads its window's ten hashes, so it
+    costs what was counted, not every key ever counted times the window."""
+    return f"peakroute:rate:{second}"
 
 
 def held_key(key: str) -> str:
@@ -40,25 +48,36 @@ def held_key(key: str) -> str:
 
 
 #: A batch's counters in one script call (one request, one reply; see redis_views._HSET_JSON):
-#: KEYS = the keys set, then the rate counters; ARGV = ttl, then one increment per counter, then
-#: the breaker keys to add to the set.
+#: KEYS = the keys set, then one second's hash per counter; ARGV = ttl, then a (key, increment)
+#: pair per counter, then the breaker keys to add to the set.
 _COUNT = """
 local ttl, n = ARGV[1], #KEYS - 1
 for i = 1, n do
-  redis.call('INCRBY', KEYS[i + 1], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[i + 1], ARGV[2 * i], ARGV[2 * i + 1])
   redis.call('EXPIRE', KEYS[i + 1], ttl)
 end
-for first = n + 2, #ARGV, 1000 do  -- unpack is limited to a few thousand values
+for first = 2 * n + 2, #ARGV, 1000 do  -- unpack is limited to a few thousand values
   redis.call('SADD', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
 end
 return n
 """
 
 
+def _note_not_closed(pipe: Any, breakers: dict[str, Breaker]) -> None:
+    """Keep the not-closed index in step with breakers being written (inside their transaction)."""
+    holding = [k for k, b in breakers.items() if b.holding]
+    closed = [k for k, b in breakers.items() if not b.holding]
+    if holding:
+        pipe.sadd(NOT_CLOSED, *holding)
+    if closed:
+        pipe.srem(NOT_CLOSED, *closed)
+
+
 class BreakerStore:
     def __init__(self, redis_url: str) -> None:
         self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._holding: tuple[float, set[str]] = (0.0, set())
+        self._indexed = False
         self._count = self.redis.register_script(_COUNT)
 
     async def close(self) -> None:
@@ -74,23 +93,25 @@ class BreakerStore:
         counts = Counter(keys)
         if not counts:
             return
-        # One INCRBY per key and second per batch, all in one script call.
-        await self._count(keys=[KEYS, *(rate_key(k, sec) for k, sec in counts)],
-                          args=[300, *counts.values(), *{k for k, _ in counts}])
+        # One HINCRBY per key and second per batch, all in one script call.
+        args: list[Any] = [300]
+        for (k, _sec), n in counts.items():
+            args += (k, n)
+        await self._count(keys=[KEYS, *(rate_key(sec) for _k, sec in counts)],
+                          args=[*args, *{k for k, _ in counts}])
 
     async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:
-        """Orders/s per key over the last ``window_s`` complete seconds."""
+        """Orders/s per key over the last ``window_s`` complete seconds, for the keys counted in
+        them (a key absent had none)."""
         end = int(time.time() if now is None else now)
-        keys = sorted(k.decode() for k in await self.redis.smembers(KEYS))
-        if not keys:
-            return {}
-        names = [rate_key(k, s) for k in keys for s in range(end - window_s, end)]
-        values = await self.redis.mget(names)
-        out = {}
-        for i, k in enumerate(keys):
-            chunk = values[i * window_s:(i + 1) * window_s]
-            out[k] = sum(int(v) for v in chunk if v) / window_s
-        return out
+        pipe = self.redis.pipeline(transaction=False)
+        for second in range(end - window_s, end):
+            pipe.hgetall(rate_key(second))
+        totals: Counter[str] = Counter()
+        for counts in await pipe.execute():
+            for k, n in counts.items():
+                totals[k.decode()] += int(n)
+        return {k: n / window_s for k, n in totals.items()}
 
     # -- breakers --------------------------------------------------------------------------------
     async def all(self) -> dict[str, Breaker]:
@@ -103,6 +124,7 @@ class BreakerStore:
 
     async def update(self, key: str, change: Callable[[Breaker], Breaker]) -> Breaker:
         """Read-modify-write one breaker atomically (optimistic WATCH/MULTI, retried)."""
+        await self._index_not_closed()
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -112,43 +134,76 @@ class BreakerStore:
                     new = change(current)
                     pipe.multi()
                     pipe.hset(BREAKERS, key, orjson.dumps(new.to_dict()))
+                    _note_not_closed(pipe, {key: new})
                     await pipe.execute()
                     return new
                 except WatchError:
                     continue
 
-    async def update_many(self, keys: Iterable[str], change: Callable[[str, Breaker], Breaker]) -> dict[str, Breaker]:
-        """Read-modify-write the breakers of ``keys`` in one optimistic transaction (retried whole
-        if anyone — an operator's call, say — wrote a breaker meanwhile).
+    async def evaluate(self, keys: Iterable[str], change: Callable[[str, Breaker, int], Breaker]) -> dict[str, Breaker]:
+        """One evaluation tick: read-modify-write the breakers of ``keys`` in one optimistic
+        transaction (retried whole if anyone — an operator's call, say — wrote a breaker
+        meanwhile), numbering the tick: ``change(key, breaker, tick)``.
 
-        Why not :meth:`update` per key: the tick evaluates every channel and every SKU ever
-        counted, and three round trips per key per second grow with the catalog (47 keys: 2.6% of
-        a worker's main thread in a drain profile; 10,000 SKUs would not fit in the 1 s tick).
+        Why one transaction and only ``keys``: the tick used to take three round trips per key,
+        then one HGETALL of every breaker ever counted — both grow with the catalog; the caller
+        passes the keys counted in the window, the channels and the breakers not closed, and
+        :func:`~peakroute.domain.breaker.catch_up` accounts for the ticks a key sat out.
         ``change`` is called again for every key on a retry: what it records must be overwritten,
         not added up."""
         keys = list(keys)
+        await self._index_not_closed()
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(BREAKERS)
-                    raw = await pipe.hgetall(BREAKERS)
-                    current = {k.decode(): v for k, v in raw.items()}
-                    new = {key: change(key, Breaker.from_dict(orjson.loads(current[key])) if key in current
-                                       else Breaker(key)) for key in keys}
+                    await pipe.watch(BREAKERS, TICK)
+                    tick = int(await pipe.get(TICK) or 0) + 1
+                    raws = await pipe.hmget(BREAKERS, keys) if keys else []
+                    new = {key: change(key, Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key), tick)
+                           for key, raw in zip(keys, raws, strict=True)}
                     pipe.multi()
+                    pipe.set(TICK, tick)
                     if new:
                         pipe.hset(BREAKERS, mapping={k: orjson.dumps(b.to_dict()) for k, b in new.items()})
+                        _note_not_closed(pipe, new)
                     await pipe.execute()
                     return new
                 except WatchError:
                     continue
+
+    async def not_closed(self) -> set[str]:
+        """Keys whose breaker is open or half-open (from the index: no scan of every breaker)."""
+        await self._index_not_closed()
+        return {k.decode() for k in await self.redis.smembers(NOT_CLOSED)}
+
+    async def _index_not_closed(self) -> None:
+        """Build the not-closed index once for a Redis whose breakers were written before it
+        existed (an upgrade): in a transaction, so no breaker changes between the scan and the index."""
+        if self._indexed:
+            return
+        while not await self.redis.exists(NOT_CLOSED_BUILT):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(BREAKERS, NOT_CLOSED_BUILT)
+                    if await pipe.exists(NOT_CLOSED_BUILT):
+                        break
+                    raw = await pipe.hgetall(BREAKERS)
+                    breakers = {k.decode(): Breaker.from_dict(orjson.loads(v)) for k, v in raw.items()}
+                    pipe.multi()
+                    _note_not_closed(pipe, breakers)
+                    pipe.set(NOT_CLOSED_BUILT, 1)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+        self._indexed = True
 
     async def holding_keys(self, max_age_s: float = 0.5) -> set[str]:
         """Keys whose breaker holds new orders (cached briefly: checked for every order)."""
         at, keys = self._holding
         if time.monotonic() - at > max_age_s:
-            breakers = await self.all()
-            keys = {k for k, b in breakers.items() if b.holding}
+            candidates = sorted(await self.not_closed())
+            raws = await self.redis.hmget(BREAKERS, candidates) if candidates else []
+            keys = {k for k, raw in zip(candidates, raws, strict=True) if raw and Breaker.from_dict(orjson.loads(raw)).holding}
             self._holding = (time.monotonic(), keys)
         return keys
 

@@ -42,7 +42,8 @@ def test_batch_scripts_write_what_the_commands_would(stack_settings: Settings) -
             keys = [f"k{i}" for i in range(2300)]
             await breakers.count([("channel:tmall", 100), ("sku:SKU-1", 100), ("channel:tmall", 100),
                                   ("channel:tmall", 101), *((k, 100) for k in keys)])
-            return {"available": available, "status": status}
+            return {"available": available, "status": status, "rates": await breakers.rates(10, 102),
+                    "rates_later": await breakers.rates(10, 111)}
         finally:
             await views.close()
             await breakers.close()
@@ -60,46 +61,88 @@ def test_batch_scripts_write_what_the_commands_would(stack_settings: Settings) -
     assert ORDER_TTL_S - 60 < r.ttl("peakroute:order:tmall:1") <= ORDER_TTL_S
     assert r.hget("peakroute:order:jd:2", "status") == b"backordered"
     assert [e["event"] for e in out["status"]["timeline"]] == ["accepted", "routed"]
-    assert r.get(rate_key("channel:tmall", 100)) == b"2" and r.get(rate_key("channel:tmall", 101)) == b"1"
-    assert r.get(rate_key("sku:SKU-1", 100)) == b"1" and 0 < r.ttl(rate_key("sku:SKU-1", 100)) <= 300
+    assert r.hget(rate_key(100), "channel:tmall") == b"2" and r.hget(rate_key(101), "channel:tmall") == b"1"
+    assert r.hget(rate_key(100), "sku:SKU-1") == b"1" and 0 < r.ttl(rate_key(100)) <= 300
     assert r.scard(KEYS) == 2 + 2300
+    assert out["rates"]["channel:tmall"] == 0.3 and out["rates"]["sku:SKU-1"] == 0.1
+    assert len(out["rates"]) == 2 + 2300 and out["rates_later"] == {"channel:tmall": 0.1}, \
+        "a key counted in none of the window's seconds is absent"
 
 
 
 def test_breakers_updated_in_one_transaction_leave_what_one_update_per_key_leaves(stack_settings: Settings) -> None:
-    """The tick's ``update_many`` writes every key's change in one transaction; a breaker an
+    """The tick's ``evaluate`` writes every key's change in one transaction; a breaker an
     operator writes while the tick decides is not overwritten with the tick's stale copy: the
-    transaction fails and the whole tick is decided again on what is stored now."""
+    transaction fails and the whole tick is decided again on what is stored now (same tick number)."""
     from dataclasses import replace
 
     import orjson
 
     from peakroute.domain.breaker import Breaker
-    from peakroute.tables.breaker_store import BREAKERS
+    from peakroute.tables.breaker_store import BREAKERS, NOT_CLOSED, NOT_CLOSED_BUILT, TICK
 
     r = redis.Redis.from_url(stack_settings.redis_url)
-    r.delete(BREAKERS)
-    calls: list[str] = []
+    r.delete(BREAKERS, NOT_CLOSED, NOT_CLOSED_BUILT, TICK)
+    calls: list[tuple[str, int]] = []
 
-    def change(key: str, b: Breaker) -> Breaker:
+    def change(key: str, b: Breaker, tick: int) -> Breaker:
         if not calls:  # an operator trips channel:jd between the tick's read and its write
             r.hset(BREAKERS, "channel:jd", orjson.dumps(replace(Breaker("channel:jd"), state="open",
                                                                 reason="operator").to_dict()))
-        calls.append(key)
-        return replace(b, ticks_seen=b.ticks_seen + 1)
+        calls.append((key, tick))
+        return replace(b, ticks_seen=b.ticks_seen + 1, tick=tick)
 
-    async def run() -> dict:
+    async def run() -> tuple[dict, dict]:
         breakers = BreakerStore(stack_settings.redis_url)
         try:
             await breakers.update("sku:A", lambda b: replace(b, baseline=5.0))
-            return await breakers.update_many(["channel:jd", "sku:A", "sku:new"], change)
+            first = await breakers.evaluate(["channel:jd", "sku:A", "sku:new"], change)
+            second = await breakers.evaluate(["sku:A"], lambda k, b, tick: replace(b, tick=tick))
+            return first, second
         finally:
             await breakers.close()
 
-    out = asyncio.run(run())
-    assert calls == ["channel:jd", "sku:A", "sku:new"] * 2, "decided again after the operator's write"
+    out, second = asyncio.run(run())
+    assert calls == [("channel:jd", 1), ("sku:A", 1), ("sku:new", 1)] * 2, "decided again after the operator's write"
     assert out["channel:jd"].state == "open" and out["channel:jd"].reason == "operator", "the trip survives"
     assert out["sku:A"].baseline == 5.0 and out["sku:A"].ticks_seen == 1, "read, changed once, written"
     assert out["sku:new"].key == "sku:new" and out["sku:new"].ticks_seen == 1, "a key never seen starts fresh"
+    assert second["sku:A"].tick == 2 and r.get(TICK) == b"2", "one number per tick that ran, not per try"
     stored = {k.decode(): Breaker.from_dict(orjson.loads(v)) for k, v in r.hgetall(BREAKERS).items()}
-    assert stored == out
+    assert stored == {**out, **second}, "a key not asked for is not touched"
+    assert r.smembers(NOT_CLOSED) == {b"channel:jd"}, "the index follows what the tick wrote"
+
+
+def test_the_not_closed_index_is_built_once_for_breakers_written_before_it(stack_settings: Settings) -> None:
+    """An upgrade: breakers stored by a build without the index.  The first store call builds it from
+    them; then holding breakers are found through it (no scan of every breaker), an operator's
+    close takes a key out and a trip puts one in."""
+    from dataclasses import replace
+
+    import orjson
+
+    from peakroute.domain.breaker import Breaker, close, trip
+    from peakroute.tables.breaker_store import BREAKERS, NOT_CLOSED, NOT_CLOSED_BUILT
+
+    r = redis.Redis.from_url(stack_settings.redis_url)
+    r.delete(BREAKERS, NOT_CLOSED, NOT_CLOSED_BUILT)
+    old = {"sku:open": replace(Breaker("sku:open"), state="open"), "sku:draining": replace(Breaker("sku:draining"),
+           state="half_open"), **{f"sku:{i}": Breaker(f"sku:{i}") for i in range(3000)}}
+    r.hset(BREAKERS, mapping={k: orjson.dumps(b.to_dict()) for k, b in old.items()})
+
+    async def run() -> list[set[str]]:
+        breakers = BreakerStore(stack_settings.redis_url)
+        try:
+            seen = [await breakers.holding_keys(max_age_s=0)]
+            await breakers.update("sku:open", lambda b: close(b, 1.0))  # drains first: still holding
+            await breakers.update("sku:draining", lambda b: replace(b, state="closed"))
+            await breakers.update("sku:7", lambda b: trip(b, 1.0))
+            seen.append(await breakers.holding_keys(max_age_s=0))
+            return seen
+        finally:
+            await breakers.close()
+
+    before, after = asyncio.run(run())
+    assert before == {"sku:open", "sku:draining"}
+    assert after == {"sku:open", "sku:7"} and r.smembers(NOT_CLOSED) == {b"sku:open", b"sku:7"}
+    assert r.exists(NOT_CLOSED_BUILT)

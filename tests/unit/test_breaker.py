@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from peakroute.domain.breaker import (
-    CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig, drain, keys_for, must_hold, observe, surging,
+    CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig, catch_up, drain, keys_for, must_hold, observe, surging,
     take_tokens, trip,
 )
 
@@ -114,3 +114,33 @@ def test_keys_and_priority_bypass() -> None:
     holding = {"sku:B"}
     assert must_hold(holding, "jd", ["A", "B"], priority=4, cfg=CFG) == ["sku:B"]
     assert must_hold(holding, "jd", ["A", "B"], priority=1, cfg=CFG) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0, 50), min_size=1, max_size=40), st.integers(0, 200), st.floats(0, 60))
+def test_catching_up_idle_ticks_is_observing_rate_zero_at_each(history, idle, rate_after) -> None:
+    """A closed breaker the tick skipped (its key idle) ends where one observed at every tick would."""
+    b = Breaker("sku:S")
+    for t, rate in enumerate(history, start=1):
+        b = observe(b, rate, t, CFG, held=0)
+        b = Breaker(**{**b.to_dict(), "tick": t})
+    if b.state != CLOSED:
+        return
+    every = b
+    for t in range(len(history) + 1, len(history) + 1 + idle):
+        every = observe(every, 0.0, t, CFG, held=0)
+    now_tick = len(history) + idle + 1
+    lazy = catch_up(b, now_tick, CFG)
+    assert lazy.state == every.state == CLOSED and lazy.ticks_seen == every.ticks_seen
+    assert abs(lazy.baseline - every.baseline) <= 1e-9 * max(1.0, every.baseline)
+    after_every, after_lazy = observe(every, rate_after, now_tick, CFG, 0), observe(lazy, rate_after, now_tick, CFG, 0)
+    assert after_every.state == after_lazy.state, "the same verdict on the next observed rate"
+
+
+def test_catch_up_leaves_unnumbered_open_and_just_observed_breakers_alone() -> None:
+    b = Breaker("sku:S", baseline=10.0, ticks_seen=50, tick=7)
+    assert catch_up(b, 8, CFG) == b, "observed at the tick before: nothing skipped"
+    assert catch_up(Breaker("sku:S", baseline=10.0, ticks_seen=50), 90, CFG).baseline == 10.0, "tick unknown"
+    opened = Breaker("sku:S", state=OPEN, baseline=10.0, ticks_seen=50, tick=7)
+    assert catch_up(opened, 90, CFG) == opened, "a breaker not closed is observed at every tick"
+    assert catch_up(b, 10, CFG).baseline == 10.0 * (1 - CFG.alpha) ** 2
