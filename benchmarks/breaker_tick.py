@@ -61,7 +61,7 @@ async def measure(url: str, skus: int, active: int, rounds: int) -> dict[str, fl
             keys = set(rates) | set(await store.all())
         held = await store.held_count(keys)
 
-        def step(key: str, b: Breaker) -> Breaker:
+        def step(key: str, b: Breaker, rates: dict = rates, held: dict = held) -> Breaker:
             b = observe(b, rates.get(key, 0.0), now, cfg, held.get(key, 0))
             return take_tokens(b, now, cfg, held.get(key, 0))[0]
 

@@ -118,7 +118,7 @@ class Settings:
     #: ``fast``: the worker's consumer encodes its Fetch requests and decodes the responses with
     #: ``struct`` (peakroute/streams/fetch_codec.py; the same bytes and values as aiokafka's own);
     #: ``aiokafka``: aiokafka's generic field-by-field codec (for an A/B, or should a newer aiokafka
-    #: differ — the fast codec then also steps aside by itself).
+    #: differ — the fast codec then also steps aside by itself).  Installed once per process.
     fetch_codec: str = "fast"
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.

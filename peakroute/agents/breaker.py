@@ -32,6 +32,7 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
              cfg: BreakerConfig, watch: Watchlist) -> None:
     trips_seen: dict[str, int] = {}
     states_seen: dict[str, str] = {}  # last state this leader saw, to log transitions
+    gauged: set[str] = set()  # keys whose gauges this leader has set
 
     @app.timer(interval=cfg.tick_s, on_leader=True)
     async def evaluate_breakers() -> None:
@@ -69,12 +70,18 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
                     m.BREAKER_TRIPS.labels(key).inc(b.trips - trips_seen[key])
                 trips_seen[key] = b.trips
                 if key.startswith("channel:") or b.trips or b.state != "closed":
+                    gauged.add(key)
                     m.BREAKER_STATE.labels(key).set(STATE_VALUE[b.state])
                     m.BREAKER_RATE.labels(key).set(b.rate)
                     m.BREAKER_BASELINE.labels(key).set(b.baseline)
                     m.HELD_ORDERS.labels(key).set(max(0, held.get(key, 0) - n_release))
                     if b.state == HALF_OPEN:
                         m.BREAKER_DRAIN_RATE.labels(key).set(b.effective_drain_rate(cfg))
+            for key in gauged - evaluated.keys():
+                # Not observed this tick: a closed breaker whose key had no orders in the window
+                # (its baseline's decay is caught up when it is next counted).
+                m.BREAKER_RATE.labels(key).set(0.0)
+                m.HELD_ORDERS.labels(key).set(0)
             for partition, batch in by_partition(releases).items():
                 await replies.send(key=None, value=dumps({"replies": batch}), partition=partition)
         except Exception as exc:  # noqa: BLE001 - Redis away: the breaker pauses, nothing is lost
