@@ -738,7 +738,9 @@ class BatchWrites:
         self._event: faust.EventT | None = None
         self._dirty: dict[Any, Any] = {}
         self._events: dict[Any, faust.EventT] = {}
-        self._absent: set[Any] = set()
+        #: (partition, key) found absent there: a miss answers for the partition it was read on only
+        #: (a payload read off its order's partition misses there; the order may well be home).
+        self._absent: set[tuple[int | None, Any]] = set()
 
     @property
     def event(self) -> faust.EventT | None:
@@ -755,21 +757,21 @@ class BatchWrites:
         if key in self._dirty:
             v = self._dirty[key]
             return default if v is _DELETED else v
-        if key in self._absent:
+        partition = self._event.message.partition if self._event is not None else None
+        if (partition, key) in self._absent:
             return default
         # The key of an event's state lives on that event's partition — :meth:`flush` writes it
         # there and only there, and every agent acts on the keys its input partition owns (an
         # order's raw partition, a SKU's stock-ops partition) — so a miss there is an answer
         # (``exact``: the store probes no other partition; a payload read off its order's partition
         # is forwarded home whatever it finds here).
-        partition = self._event.message.partition if self._event is not None else None
         exact = partition is not None
         if isinstance(self.table, PackedTable):
             v = self.table.get(key, _DELETED, partition, exact)
         else:
             v = table_get(self.table, key, _DELETED, partition, exact)
         if v is _DELETED:
-            self._absent.add(key)
+            self._absent.add((partition, key))
             return default
         return v
 

@@ -99,3 +99,32 @@ def test_a_read_asks_the_store_for_the_events_own_partition_only() -> None:
     w.event = Event3()  # type: ignore[assignment]
     assert w.get("o-2") is None
     assert asked == [("o-1", None, False), ("o-2", 3, True)]
+
+
+def test_a_miss_on_one_partition_is_no_answer_for_another() -> None:
+    """A payload read off its order's partition looks the order up there (and misses: its state
+    lives at home) before it is forwarded; the forwarded copy, in the same batch, must still find
+    the order on its home partition — or it is emitted twice (seen in CI)."""
+    from peakroute.tables.packed import PackedTable
+
+    class PerPartition(PackedTable):
+        def get(self, key, default=None, partition=None, exact=False):  # noqa: ANN001, ANN201
+            return {"home": 1} if (key, partition) == ("o-1", 0) else default
+
+    def on(partition: int) -> object:
+        class M:
+            pass
+
+        class E:
+            message = M()
+
+        E.message.partition = partition  # type: ignore[attr-defined]
+        return E()
+
+    w = BatchWrites(PerPartition({}))
+    w.event = on(1)  # type: ignore[assignment]
+    assert w.get("o-1") is None, "not on the partition it was read off"
+    w.event = on(0)  # type: ignore[assignment]
+    assert w.get("o-1") == {"home": 1}, "the miss on partition 1 is not remembered for partition 0"
+    w.event = on(1)  # type: ignore[assignment]
+    assert w.get("o-1") is None
