@@ -51,6 +51,7 @@ DASHBOARDS: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
         ("Reservation answers/s", "sum by (outcome) (rate(peakroute_reservation_replies_total[5m]))", "ops", "timeseries"),
         ("Units promised (reconciler)", "max(peakroute_reconciler_promised_units)", "none", "stat"),
         ("Local table keys", "sum by (table) (peakroute_table_keys)", "none", "timeseries"),
+        ("WMS confirmations matching no reservation (1h)", "sum(increase(peakroute_shipments_unmatched_total[1h]))", "none", "stat"),
     ]),
 ]
 

@@ -100,6 +100,14 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                             m.SHORT_PICKS.inc(-int(op.get("delta", 0)))
                     purge_tombstones(event.message.partition, now)
                     replies_, touched_ = apply_ops(ledger, ops, event.message.offset)
+                    for op in ops:
+                        # A confirmation's hold is looked up with the SKU it names (that SKU's owner
+                        # holds it): one naming another SKU, or a line already released, ships nothing.
+                        if op.get("op") == "ship" and holds_batch.get(hold_key(op["order_id"], op["line_id"])) is None:
+                            m.SHIPMENTS_UNMATCHED.inc()
+                            log.warning("shipment_confirmed for order %s line %s matches no reservation of %s at %s; "
+                                        "nothing shipped", op["order_id"], op["line_id"], op.get("sku"),
+                                        op.get("warehouse"))
                     tombstones[event.message.partition].extend(
                         (now, hold_key(r["order_id"], r["line_id"])) for r in replies_ if r["outcome"] == "shipped")
                     out += replies_

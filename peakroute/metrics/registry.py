@@ -92,6 +92,10 @@ TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (RocksDB
 OVERSOLD_ORDERS = Counter(
     "peakroute_oversold_orders_total", "Order lines whose reservation was evicted (then re-routed or backordered)")
 SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS reported missing at picking (short picks)")
+SHIPMENTS_UNMATCHED = Counter(
+    "peakroute_shipments_unmatched_total",
+    "WMS shipment confirmations that match no reservation of the SKU they name (a wrong SKU, or a line "
+    "released or expired before it was confirmed): the units stay on hand until someone looks")
 RESERVED_REDERIVED = Counter(
     "peakroute_reserved_rederived_total",
     "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")

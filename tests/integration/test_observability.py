@@ -111,11 +111,21 @@ def test_real_prometheus_sees_every_panel_and_fires_on_oversell(tmp_path: Path) 
                                                     mk.payload(replace(sims[0], status="cancelled",
                                                                        updated=sims[0].updated + 30)))])
             # The WMS ships one order; an operator trips the douyin breaker and one order is held.
-            reqs = read_topic(settings, fulfillment_topic("WH-EAST"), until=lambda rs: len(rs) > 5, timeout=60)
-            shipped = next(r for r in reqs if r["type"] == "shipment_request" and r["order_id"] != f"tmall:{sims[0].channel_order_id}")
+            # A confirmation names the line's own SKU (its hold lives with that SKU's owner): ship a T-OBS line.
+            def shippable(r: dict) -> bool:
+                return (r.get("type") == "shipment_request" and r["lines"][0]["sku"] == "T-OBS"
+                        and r["order_id"] != f"tmall:{sims[0].channel_order_id}")
+
+            reqs = read_topic(settings, fulfillment_topic("WH-EAST"), timeout=60,
+                              until=lambda rs: len(rs) > 5 and any(shippable(r) for r in rs))
+            shipped = next(r for r in reqs if shippable(r))
             produce(settings, INVENTORY, [(b"T-OBS", orjson.dumps({"type": "shipment_confirmed", "sku": "T-OBS",
                                                                     "warehouse": "WH-EAST", "order_id": shipped["order_id"],
-                                                                    "line_id": shipped["lines"][0]["line_id"]}))])
+                                                                    "line_id": shipped["lines"][0]["line_id"]})),
+                                          # ... and confirms a line we never reserved: counted, nothing shipped.
+                                          (b"T-OBS", orjson.dumps({"type": "shipment_confirmed", "sku": "T-OBS",
+                                                                   "warehouse": "WH-EAST", "order_id": "tmall:never-routed",
+                                                                   "line_id": "1"}))])
             assert post(f"http://127.0.0.1:{aport}/breakers/channel:douyin/trip") == 200
             dy = mk.sim_order([("T-OBS", 1)], channel="douyin")
             produce(settings, raw_topic("douyin"), [(dy.channel_order_id.encode(), mk.payload(dy))])
@@ -134,6 +144,8 @@ def test_real_prometheus_sees_every_panel_and_fires_on_oversell(tmp_path: Path) 
                 if not result:
                     missing.append(f"{uid} / {title}: {expr}")
             assert not missing, "panels without data:\n" + "\n".join(missing)
+            assert query(base, "sum(peakroute_shipments_unmatched_total)")[0]["value"][1] == "1"
+            assert query(base, 'sum(peakroute_reservation_replies_total{outcome="shipped"})')[0]["value"][1] == "1"
             # Inject an oversell the router did not make: a forged shipment request beyond stock.
             assert query(base, "max(peakroute_reconciler_oversold_units)")[0]["value"][1] == "0"
             produce(settings, fulfillment_topic("WH-EAST"), [(b"forged", orjson.dumps({
