@@ -94,8 +94,9 @@ OVERSOLD_ORDERS = Counter(
 SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS reported missing at picking (short picks)")
 SHIPMENTS_UNMATCHED = Counter(
     "peakroute_shipments_unmatched_total",
-    "WMS shipment confirmations that match no reservation of the SKU they name (a wrong SKU, or a line "
-    "released or expired before it was confirmed): the units stay on hand until someone looks")
+    "WMS shipment confirmations that match no reservation of the SKU they name (a wrong SKU, a line "
+    "released before it was confirmed, or a confirmation repeated over 10 minutes after the first): "
+    "nothing is shipped")
 RESERVED_REDERIVED = Counter(
     "peakroute_reserved_rederived_total",
     "Stock levels whose reserved count was corrected from their hold records after a restart or rebalance")
