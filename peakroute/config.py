@@ -120,10 +120,6 @@ class Settings:
     #: ``aiokafka``: aiokafka's generic field-by-field codec (for an A/B, or should a newer aiokafka
     #: differ — the fast codec then also steps aside by itself).  Installed once per process.
     fetch_codec: str = "fast"
-    #: ``thread``: faust's own way — aiokafka's consumer in a thread with its own event loop;
-    #: ``shared``: on the worker's event loop (peakroute/streams/inloop_consumer.py: no GIL
-    #: hand-off per fetch).  Installed once per process.
-    consumer_loop: str = "thread"
     #: Bearer token required by every state-changing ops call (breakers, review).  Unset: those
     #: calls are refused (fail closed).  From the environment only; never logged.
     operator_token: str = field(default="", repr=False)

@@ -410,12 +410,6 @@ def install_guards(app: faust.App, settings: Any) -> None:
         fetch_codec.install()
     elif settings.fetch_codec != "aiokafka":
         raise ValueError(f"PEAKROUTE_FETCH_CODEC must be fast or aiokafka, not {settings.fetch_codec!r}")
-    if settings.consumer_loop == "shared":
-        from ..streams import inloop_consumer
-
-        inloop_consumer.install()
-    elif settings.consumer_loop != "thread":
-        raise ValueError(f"PEAKROUTE_CONSUMER_LOOP must be thread or shared, not {settings.consumer_loop!r}")
     GUARDS.retries = RetryCounter(settings.app_id, settings.redis_url,
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
