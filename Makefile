@@ -28,7 +28,7 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest -m "not integration"
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check peakroute tests
+	$(VENV)/bin/ruff check peakroute tests benchmarks deploy
 
 stack-up: $(VENV)/.installed
 	$(VENV)/bin/peakroute stack up

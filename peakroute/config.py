@@ -8,9 +8,9 @@ Every process (worker, api, stack, simulator, tests) builds its configuration th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 PREFIX = "PEAKROUTE_"
 CHANNELS: tuple[str, ...] = ("tmall", "jd", "douyin", "wxmini")
@@ -137,7 +137,7 @@ class Settings:
     redis_external: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over both."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -163,7 +163,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
-    def breaker_config(self) -> "BreakerConfig":  # noqa: F821
+    def breaker_config(self) -> BreakerConfig:  # noqa: F821
         from .domain.breaker import BreakerConfig
 
         return BreakerConfig(window_s=self.breaker_window_s, trip_ratio=self.breaker_trip_ratio,

@@ -184,7 +184,15 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float, seed: int, s
     from .domain.network import load_network
     from .logs import redact_credentials
     from .stack import LocalStack, StackError
-    from .streams.topics import INVENTORY, ORDER_EVENTS, REVIEW, STOCK_OPS, STOCK_REPLIES, fulfillment_topic, topic_specs
+    from .streams.topics import (
+        INVENTORY,
+        ORDER_EVENTS,
+        REVIEW,
+        STOCK_OPS,
+        STOCK_REPLIES,
+        fulfillment_topic,
+        topic_specs,
+    )
 
     if not settings.webhook_secrets:  # demo-only secrets, generated per run, never printed
         settings = replace(settings, webhook_secrets={ch: secrets.token_hex(16) for ch in CHANNELS})

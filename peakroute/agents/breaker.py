@@ -99,7 +99,7 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
                 return
             known = await store.is_held([oid for oid, _ in held])
             holding = await store.holding_keys(max_age_s=0)
-            lost = [(oid, st) for (oid, st), ok in zip(held, known) if not ok]
+            lost = [(oid, st) for (oid, st), ok in zip(held, known, strict=True) if not ok]
             if not lost:
                 return
             back = [{"key": st["held_by"], "order_id": oid, "partition": st.get("p", 0), "held_at": time.time(),

@@ -25,12 +25,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import orjson
 
+from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..domain.catalog import Catalog
 from ..domain.dedup import OrderVersion
 from ..domain.fulfillment import DECIDED_EARLY, Effects, OrderRouter, StockView, Watchlist
@@ -39,11 +40,20 @@ from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillment_topic
-from ..domain.breaker import BreakerConfig, keys_for, must_hold
 from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
-from .common import (BATCH_MAX, GUARDS, BatchWrites, by_partition, dead_letter_exception,
-                     die, order_partition, owned_events, send_dead_letter, sku_partition)
+from .common import (
+    BATCH_MAX,
+    GUARDS,
+    BatchWrites,
+    by_partition,
+    dead_letter_exception,
+    die,
+    order_partition,
+    owned_events,
+    send_dead_letter,
+    sku_partition,
+)
 from .normalize import channel_of, is_raw, process_raw
 
 log = logging.getLogger("peakroute.fulfillment")
@@ -56,7 +66,7 @@ def _epoch(iso: str) -> float:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class BatchView:
@@ -389,7 +399,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
         """Unpaid orders that took stock at order time release it when their expiry passes; and
         reservations waiting more than RETRY_AFTER_S for an answer ask again (heals a lost message)."""
         now = now_iso()
-        stale_before = datetime.fromtimestamp(time.time() - RETRY_AFTER_S, timezone.utc).strftime(
+        stale_before = datetime.fromtimestamp(time.time() - RETRY_AFTER_S, UTC).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         if not watch.ensure(state_table, in_recovery=app.in_recovery, now=time.monotonic()):
             return

@@ -9,8 +9,9 @@ order is still published on ``peakroute.orders`` (public contract) — as an out
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..domain.canonical import Rejection
 from ..domain.catalog import Catalog

@@ -23,8 +23,16 @@ from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
-from .common import (GUARDS, BATCH_MAX, BatchWrites, by_partition, dead_letter_exception, die,
-                     owned_events, sku_partition)
+from .common import (
+    BATCH_MAX,
+    GUARDS,
+    BatchWrites,
+    by_partition,
+    dead_letter_exception,
+    die,
+    owned_events,
+    sku_partition,
+)
 
 log = logging.getLogger("peakroute.stock")
 

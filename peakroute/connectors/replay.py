@@ -8,9 +8,9 @@ Replaying the same file twice is harmless: unchanged re-sends are dropped as dup
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from confluent_kafka import KafkaError, Producer
 

@@ -7,8 +7,8 @@ seeded stock goes through exactly the path a WMS snapshot does.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import orjson
 from confluent_kafka import Producer

@@ -67,7 +67,7 @@ class Breaker:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Breaker":
+    def from_dict(cls, d: dict) -> Breaker:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @property
@@ -75,7 +75,7 @@ class Breaker:
         """New orders for this key are held (open) or queued behind the drain (half-open)."""
         return self.state in (OPEN, HALF_OPEN)
 
-    def effective_drain_rate(self, cfg: "BreakerConfig") -> float:
+    def effective_drain_rate(self, cfg: BreakerConfig) -> float:
         return self.drain_rate or max(cfg.drain_rate, 2 * self.baseline)
 
 

@@ -105,7 +105,7 @@ class CanonicalOrder:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CanonicalOrder":
+    def from_dict(cls, d: dict[str, Any]) -> CanonicalOrder:
         return cls(
             order_id=d["order_id"], channel=d["channel"], channel_order_id=d["channel_order_id"],
             status=d["status"], created_at=d["created_at"], paid_at=d.get("paid_at"),

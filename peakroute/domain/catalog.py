@@ -35,7 +35,7 @@ class Catalog:
         return len(self.items)
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Catalog":
+    def from_json(cls, data: bytes | str) -> Catalog:
         doc = json.loads(data)
         items = {
             row["sku"]: CatalogItem(

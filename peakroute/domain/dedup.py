@@ -20,7 +20,7 @@ from .canonical import TERMINAL_STATUSES, CanonicalOrder
 _PROGRESS = {"pending_payment": 0, "paid": 1, "on_hold": 1, "shipped": 2, "completed": 3, "cancelled": 3}
 
 
-class Verdict(str, Enum):
+class Verdict(str, Enum):  # noqa: UP042 - str() and format() of a member stay as they are
     NEW = "new"  #: first state seen for this order: emit
     CHANGED = "changed"  #: a newer, different state: emit
     DUPLICATE = "duplicate"  #: same content as last emitted: drop (counted)
@@ -43,7 +43,7 @@ class OrderVersion:
         return {"u": self.updated_at, "s": self.status, "f": self.fingerprint}
 
     @classmethod
-    def from_dict(cls, d: dict[str, str]) -> "OrderVersion":
+    def from_dict(cls, d: dict[str, str]) -> OrderVersion:
         return cls(d["u"], d["s"], d["f"])
 
 

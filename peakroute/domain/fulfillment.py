@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .catalog import Catalog
 from .network import Network
@@ -49,7 +50,7 @@ class Effects:
     held: list[tuple[str, str]] = field(default_factory=list)
     unheld: list[str] = field(default_factory=list)
 
-    def extend(self, other: "Effects") -> None:
+    def extend(self, other: Effects) -> None:
         self.stock_ops += other.stock_ops
         self.requests += other.requests
         self.events += other.events

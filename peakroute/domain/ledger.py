@@ -14,8 +14,8 @@ The stores are plain mutable mappings: dicts in tests, changelog-backed faust ta
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import MutableMapping
 
 
 def level_key(sku: str, warehouse: str) -> str:
@@ -46,7 +46,7 @@ class Hold:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Hold":
+    def from_dict(cls, d: dict) -> Hold:
         return cls(d["o"], d["l"], d["s"], d["w"], d["q"], d["a"], d["p"], d.get("r", -1), d.get("t", ""))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -70,7 +70,7 @@ class Warehouse:
         hh, mm = (int(x) for x in self.cutoff.split(":"))
         day = local.date() if (local.hour, local.minute) < (hh, mm) else local.date() + timedelta(days=1)
         end = datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=BEIJING)
-        return end.astimezone(timezone.utc)
+        return end.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Network:
         return self.default_priority
 
     @classmethod
-    def from_toml(cls, text: str) -> "Network":
+    def from_toml(cls, text: str) -> Network:
         doc: dict[str, Any] = tomllib.loads(text)
         whs = tuple(
             Warehouse(code=w["code"], name=w.get("name", w["code"]), lat=float(w["lat"]), lon=float(w["lon"]),

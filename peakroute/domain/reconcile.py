@@ -9,8 +9,8 @@ on-hand minus safety stock.  Re-delivered requests are counted once (by shipment
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 
 @dataclass

@@ -15,8 +15,8 @@ The stock view may be stale: the plan is only a proposal that each SKU's owner c
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .network import Network, Warehouse
 

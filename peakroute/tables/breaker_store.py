@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -248,7 +249,7 @@ class BreakerStore:
         pipe = self.redis.pipeline(transaction=False)
         for k in keys:
             pipe.zcard(held_key(k))
-        return dict(zip(keys, (int(n) for n in await pipe.execute())))
+        return dict(zip(keys, (int(n) for n in await pipe.execute()), strict=True))
 
     async def is_held(self, order_ids: list[str]) -> list[bool]:
         if not order_ids:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -105,7 +106,7 @@ class RedisViews:
         if not skus:
             return out
         replies = await self._hgetall_each(keys=[stock_key(sku) for sku in skus])
-        for sku, flat in zip(skus, replies):
+        for sku, flat in zip(skus, replies, strict=True):
             for i in range(0, len(flat), 2):  # a script returns HGETALL as [field, value, …]
                 on_hand, reserved, safety = (int(x) for x in flat[i + 1].split())
                 out[(sku, flat[i].decode())] = on_hand - reserved - safety
@@ -143,7 +144,7 @@ class RedisViews:
             pipe = self.redis.pipeline(transaction=False)
             for w in stale:
                 pipe.scard(capacity_key(day, w))
-            for w, n in zip(stale, await pipe.execute()):
+            for w, n in zip(stale, await pipe.execute(), strict=True):
                 self._capacity_cache[w] = (now, int(n))
         return {w: self._capacity_cache.get(w, (0.0, 0))[1] for w in warehouses}
 

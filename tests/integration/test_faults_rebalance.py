@@ -46,7 +46,6 @@ def wipe_and_restart(sc, w) -> None:  # noqa: ANN001
     own table directory (tables/worker-<pid>); only the killed worker's is wiped — the others' are
     live.  Either way the restarted worker must rebuild every table from the changelogs."""
     import shutil
-
     from pathlib import Path
 
     from peakroute.streams.app import faust_datadir

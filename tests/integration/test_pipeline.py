@@ -133,9 +133,10 @@ def test_replay_backfills_a_jsonl_file(worker, tmp_path: Path) -> None:
         lines.append(samples.dumps(doc))
     path = tmp_path / "backfill.jsonl"
     path.write_bytes(b"\n".join([lines[0], b"", lines[1], lines[2], lines[2]]) + b"\n")
-    from .harness import env_for
     import subprocess
     import sys
+
+    from .harness import env_for
     out = subprocess.run([sys.executable, "-m", "peakroute", "replay", str(path), "--channel", "wxmini"],
                          env=env_for(settings), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peakroute.domain.breaker import (
-    CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig, catch_up, drain, keys_for, must_hold, observe, surging,
-    take_tokens, trip,
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Breaker,
+    BreakerConfig,
+    catch_up,
+    drain,
+    keys_for,
+    must_hold,
+    observe,
+    surging,
+    take_tokens,
+    trip,
 )
 
 CFG = BreakerConfig(window_s=10, tick_s=1, trip_ratio=4, min_rate=5, warmup_windows=3, calm_windows=1)

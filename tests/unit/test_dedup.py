@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from itertools import pairwise
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peakroute.domain.dedup import OrderVersion, Verdict, judge
 
@@ -46,7 +49,7 @@ def test_same_time_tie_goes_to_the_further_state() -> None:
 
 versions = st.builds(
     OrderVersion,
-    st.sampled_from(["2026-11-11T00:00:0%dZ" % i for i in range(4)]),
+    st.sampled_from([f"2026-11-11T00:00:0{i}Z" for i in range(4)]),
     st.sampled_from(STATUSES),
     st.sampled_from(["f1", "f2", "f3"]),
 )
@@ -62,7 +65,7 @@ def test_emitted_sequence_never_goes_back_in_time_and_never_repeats(seq: list[Or
             emitted.append(inc)
             last = inc
     assert emitted, "the first state is always emitted"
-    for a, b in zip(emitted, emitted[1:]):
+    for a, b in pairwise(emitted):
         assert b.updated_at >= a.updated_at
         assert b.fingerprint != a.fingerprint
         assert a.status not in ("cancelled", "completed")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peakroute.domain.ledger import Ledger
 
@@ -181,7 +182,7 @@ def test_a_batch_torn_by_a_crash_lands_exactly_after_rederiving_reserved(history
     torn = Ledger(dict(base.levels), dict(base.holds))
     writes = [(torn.levels, done.levels, k) for k in sorted(done.levels.written)] + \
              [(torn.holds, done.holds, k) for k in sorted(done.holds.written)]
-    for (target, source, key), kept in zip(writes, survived + [True] * len(writes)):
+    for (target, source, key), kept in zip(writes, survived + [True] * len(writes), strict=False):
         if kept:
             if key in source:
                 target[key] = source[key]

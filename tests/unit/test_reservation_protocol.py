@@ -22,7 +22,8 @@ import copy
 import random
 from collections import deque
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peakroute.domain.catalog import Catalog, CatalogItem
 from peakroute.domain.fulfillment import BACKORDERED, CANCELLED, ROUTED, OrderRouter, StockView

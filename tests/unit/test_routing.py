@@ -4,9 +4,10 @@ priority and ship-by."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peakroute.domain.network import Network, Warehouse, load_network
 from peakroute.domain.routing import LineNeed, plan_order
@@ -121,10 +122,10 @@ def test_any_plan_is_feasible_on_its_view_and_within_limits(lines, avail, max_sh
 
 def test_ship_by_follows_the_cutoff() -> None:
     w = wh("X", 0, 0, cutoff="16:00")
-    before = datetime(2026, 11, 11, 7, 0, tzinfo=timezone.utc)  # 15:00 Beijing
-    after = datetime(2026, 11, 11, 9, 0, tzinfo=timezone.utc)  # 17:00 Beijing
-    assert w.ship_by(before) == datetime(2026, 11, 11, 15, 59, 59, tzinfo=timezone.utc)
-    assert w.ship_by(after) == datetime(2026, 11, 12, 15, 59, 59, tzinfo=timezone.utc)
+    before = datetime(2026, 11, 11, 7, 0, tzinfo=UTC)  # 15:00 Beijing
+    after = datetime(2026, 11, 11, 9, 0, tzinfo=UTC)  # 17:00 Beijing
+    assert w.ship_by(before) == datetime(2026, 11, 11, 15, 59, 59, tzinfo=UTC)
+    assert w.ship_by(after) == datetime(2026, 11, 12, 15, 59, 59, tzinfo=UTC)
 
 
 def test_priority_rules_from_the_default_network() -> None:

@@ -201,7 +201,7 @@ def test_a_batch_write_leaves_what_faust_would_on_the_changelog_and_in_rocksdb(t
             writes.event = event  # type: ignore[assignment]
             writes["by-batch"] = value
             fast_writes = []
-            store.write = lambda *a, _w=store.write: fast_writes.append(a) or _w(*a)
+            store.write = lambda *a, _w=store.write, _seen=fast_writes: _seen.append(a) or _w(*a)
             writes.flush()
             assert len(fast_writes) == 1, "the batch took the store's own write path"
             batch_record = outbox.sent[-1]

@@ -1,5 +1,9 @@
-import re,sys,glob,os
+import glob
+import os
+import re
+import sys
 from collections import defaultdict
+
 d=sys.argv[1]; topic=sys.argv[2] if len(sys.argv)>2 else 'stock-ops'
 for f in sorted(glob.glob(d+'/*.log')):
     w=os.path.basename(f)[:-4]

@@ -1,5 +1,9 @@
-import re,sys,glob,os
+import glob
+import os
+import re
+import sys
 from collections import defaultdict
+
 d=sys.argv[1]
 rows=[]
 for f in sorted(glob.glob(d+'/*.log')):
