@@ -1,4 +1,4 @@
-"""Two offset bugs of faust-streaming 0.15.3's consumer, fixed where they happen.
+"""Offset bugs of faust-streaming 0.15.3's consumer, fixed where they happen.
 
 Why this exists: our fault suite lost orders around rebalances (scale 1→3→1, a zombie worker
 woken after its partitions moved, a worker joining late).  faust-streaming's consumer loop
@@ -21,6 +21,11 @@ woken after its partitions moved, a worker joining late).  faust-streaming's con
    fetch position has moved past them, faust's read offset has not, and the commit waits forever
    for records nobody will fetch again (seen in the rebalance fault test: lag stuck at 4–31 with
    no error).  And a record whose delivery was cut short by the flow stopping was counted as read.
+
+4. **No anchor without a commit.**  A partition the group never committed (its owners all
+   killed before their first commit) is not moved by aiokafka's seek-to-committed, and every
+   guard that judges records against the committed offset takes whatever comes first
+   (:func:`_perform_seek_factory`).
 
 The fix, for our own input topics only (never compacted, never written transactionally, so a
 real hole cannot happen there in normal operation): a jump **rewinds** the partition to the first
@@ -220,7 +225,65 @@ def install(input_topics: set[str]) -> bool:
         return False
     Consumer._drain_messages = _drain_messages_factory(frozenset(input_topics))  # type: ignore[method-assign]  # noqa: SLF001
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]  # noqa: SLF001
+    Consumer.perform_seek = _perform_seek_factory(Consumer.perform_seek, frozenset(input_topics))  # type: ignore[method-assign]
     return True
+
+
+def unanchored(assigned: Any, read_offset: Any, input_topics: frozenset[str]) -> list[Any]:
+    """Assigned input partitions the group has no committed offset for, as faust's seek leaves
+    them: read offset None (never committed) or 0 (committed 0; faust then keeps None as the
+    committed offset, and aiokafka seeks only to offsets above 0)."""
+    return sorted((tp for tp in assigned if tp.topic in input_topics and not read_offset.get(tp)),
+                  key=lambda tp: (tp.topic, tp.partition))
+
+
+def _perform_seek_factory(original: Any, input_topics: frozenset[str]) -> Any:
+    """faust's ``Consumer.perform_seek`` (seek every partition to its committed offset), then the
+    same for the input partitions the group never committed: their committed offset is their
+    first offset.
+
+    Why (tests/evidence/2026-12-04-kill9-lost): a partition whose owners were all killed before
+    their first commit has no committed offset.  aiokafka's seek-to-committed then does not move
+    it (it seeks only to offsets > 0), so records fetched and dropped while the flow was stopped
+    stay skipped; and every guard that judges a record against the committed offset — the
+    input-order guard (``agents.common.InputOrder``), the head test of :func:`_new_offset`, the
+    drain loop's tracker — has nothing to judge against and takes whatever comes first.  A
+    takeover can then act on offsets 40… and commit past 18…39 of a partition whose 0…17 a killed
+    worker had already handled (20 orders lost, once in CI).  With auto_offset_reset ``earliest``
+    (streams/app.py) such a partition starts at its first offset, so at every seek each of them is
+    sought there, and its committed and read offsets say so (a read offset set from outside is a
+    reset: the drain loop's tracker starts there too) until a real commit replaces them.  The first
+    offsets are asked once per partition and process (retention moving one later is then a hole
+    the guards report, as for any offset gone from the topic)."""
+    starts: dict[Any, int] = {}
+
+    async def perform_seek(self: Any) -> None:
+        await original(self)
+        tps = unanchored(self.assignment(), self._read_offset, input_topics)
+        if not tps:
+            return
+        unknown = [tp for tp in tps if tp not in starts]
+        try:
+            if unknown:
+                for tp, offset in (await self.earliest_offsets(*unknown)).items():
+                    if offset is not None and offset >= 0:
+                        starts[tp] = offset
+                        log.info("%s[%s]: no committed offset; read from its first offset %d until one is "
+                                 "committed", tp.topic, tp.partition, offset)
+            for tp in tps:
+                start = starts.get(tp)
+                if start is None:
+                    continue
+                await self._seek(tp, start)
+                self._committed_offset[tp] = start
+                self._read_offset[tp] = start
+        except Exception as exc:  # noqa: BLE001 - a rebalance under way (tp no longer assigned), the
+            # broker away: the next seek (every rebalance ends with one) tries again
+            log.warning("first offsets of never-committed input partitions not sought: %r", exc)
+            return
+
+    perform_seek._peakroute_fix = True  # type: ignore[attr-defined]
+    return perform_seek
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:

@@ -217,3 +217,55 @@ def test_commit_stops_at_the_first_gap_and_covers_accepted_holes() -> None:
 
 def test_the_fix_is_for_the_locked_faust_version() -> None:
     assert installed_faust_version() == FAUST_VERSION
+
+
+def test_an_input_partition_never_committed_is_anchored_at_its_first_offset() -> None:
+    """tests/evidence/2026-12-04-kill9-lost: with no committed offset every guard took whatever
+    came first.  At every seek, each such input partition is sought to its first offset and the
+    committed and read offsets say so (a read offset set from outside is a reset: the drain loop's
+    tracker starts there); partitions with a commit, and changelogs, are left to faust."""
+    import asyncio
+
+    from faust.types import TP as FaustTP
+
+    from peakroute.streams.consumer_fix import _perform_seek_factory, unanchored
+
+    raw0, raw1, ops2 = FaustTP("peakroute.raw.jd", 0), FaustTP("peakroute.raw.jd", 1), FaustTP("stock-ops", 2)
+    raw2, changelog = FaustTP("peakroute.raw.jd", 2), FaustTP("order-routing-changelog", 0)
+    inputs = frozenset({"peakroute.raw.jd", "stock-ops"})
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self._committed_offset: dict = defaultdict(lambda: None)
+            self._read_offset = ReadOffsets()
+            self.sought: list = []
+            self.asked: list = []
+
+        def assignment(self) -> set:
+            return {raw0, raw1, raw2, ops2, changelog}
+
+        async def earliest_offsets(self, *tps):  # noqa: ANN002, ANN202
+            self.asked.append(tps)
+            return {tp: 7 if tp == ops2 else 0 for tp in tps}
+
+        async def _seek(self, tp, offset):  # noqa: ANN001, ANN202
+            self.sought.append((tp, offset))
+
+    async def faust_seek(self) -> None:  # noqa: ANN001
+        # What faust's own perform_seek leaves: raw1 committed at 12, raw2 at 0 (kept as None),
+        # raw0 and ops2 never committed; read offsets set for every partition.
+        self._committed_offset.update({raw1: 12})
+        self._read_offset.update({raw0: None, raw1: 12, raw2: 0, ops2: None, changelog: None})
+
+    consumer = FakeConsumer()
+    assert unanchored(consumer.assignment(), {raw0: None, raw1: 12, raw2: 0, changelog: None}, inputs) == \
+        [raw0, raw2, ops2]
+    seek = _perform_seek_factory(faust_seek, inputs)
+    for _ in range(2):  # faust seeks again at every rebalance and while the flow is stopped
+        consumer.sought.clear()
+        asyncio.run(seek(consumer))
+        assert consumer.sought == [(raw0, 0), (raw2, 0), (ops2, 7)]
+        assert [consumer._committed_offset[tp] for tp in (raw0, raw1, raw2, ops2)] == [0, 12, 0, 7]
+        assert consumer._committed_offset[changelog] is None
+        assert [consumer._read_offset.resets[tp] for tp in (raw0, raw1, raw2, ops2)] == [0, 12, 0, 7]
+    assert len(consumer.asked) == 1, "first offsets asked once per partition"
