@@ -67,66 +67,79 @@ def main() -> None:
         topics = [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES]  # what the workers consume
         if "order-versions" in TABLES:  # a revision before the fused order stage (compare.py runs old
             topics.append(ORDERS)        # ones with this file): its fulfillment consumed peakroute.orders
-        t0 = time.monotonic()
-        profile = os.environ.get("PEAKROUTE_BENCH_PYSPY")  # e.g. /tmp/prof.txt: profile worker 0 with py-spy
-        prefix = [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-o", profile, "--"] \
-            if profile else []
-        workers = [subprocess.Popen([*(prefix if i == 0 else []), sys.executable, "-m", "peakroute", "worker",
-                                     "--metrics-port", "0"], env=env,
-                                    stdout=open(Path(tmp) / f"w{i}.log", "wb"), stderr=subprocess.STDOUT)
-                   for i in range(args.workers)]
-        import psutil
-
-        def worker_cpu_s() -> float:
-            """User + system CPU seconds of the workers so far (all their threads: librdkafka's,
-            RocksDB's, faust's consumer thread)."""
-            total = 0.0
-            for w in workers:
-                try:
-                    procs = [psutil.Process(w.pid)]
-                    procs += procs[0].children(recursive=True)  # under py-spy the worker is its child
-                    total += sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-                except psutil.Error:
-                    pass
-            return total
-
-        started: tuple[float, float] | None = None  # (time, worker CPU s) at the first committed progress
-        try:
-            while time.monotonic() - t0 < args.timeout:
-                ends = end_offsets(settings.kafka_bootstrap, topics)
-                done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
-                lag = {t: 0 for t in topics}
-                for tp in ends:
-                    lag[tp[0]] += ends[tp] - done.get(tp, 0)
-                total = sum(lag.values())
-                if started is None and sum(lag[t] for t in RAW_TOPICS) < raw:
-                    started = (time.monotonic(), worker_cpu_s())
-                print(f"\r  t={time.monotonic() - t0:6.1f}s lag raw={sum(lag[t] for t in RAW_TOPICS):7d} "
-                      f"ops={lag[STOCK_OPS]:6d} replies={lag[STOCK_REPLIES]:6d}",
-                      end="", flush=True)
-                if total == 0 and time.monotonic() - t0 > 3:
-                    break
-                time.sleep(0.5)
-            el = time.monotonic() - t0
-            cpu = worker_cpu_s()
-            print(f"\n{raw} raw payloads drained by {args.workers} worker(s) in {el:.1f} s "
-                  f"(incl. ~startup): {raw / el:.0f} payloads/s")
-            if started is not None:
-                # From the first committed progress: start-up (imports, joining, recovery) excluded.
-                # CPU time per payload is the steadier figure on a noisy box (less hurt by waiting).
-                print(f"after start-up: {raw / max(0.001, el - (started[0] - t0)):.0f} payloads/s, worker CPU "
-                      f"{(cpu - started[1]) / raw * 1e6:.0f} µs per payload")
-        finally:
-            for w in workers:
-                w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
-                w.wait()
-        # Re-reads the workers did (they cost drain time): records set aside during the start-up
-        # rebalance, and records that reached an agent out of order (agents.common.InputOrder).
-        logs = "".join((Path(tmp) / f"w{i}.log").read_text(errors="replace") for i in range(args.workers))
-        print(f"worker re-reads: {logs.count('set aside, to be read again')} batch(es) set aside in a rebalance, "
-              f"{logs.count('reached the agent before')} out-of-order arrival(s) set aside")
+        drain(settings, env, raw, Path(tmp), topics, args.workers, args.timeout)
         if args.restart:
             time_recovery(settings, env, Path(tmp))
+
+
+def drain(settings: Settings, env: dict[str, str], raw: int, tmp: Path, topics: list[str], n_workers: int = 1,
+          timeout: float = 600) -> dict[str, float]:
+    """Start ``n_workers`` workers on a stack whose raw topics hold ``raw`` payloads and time them until
+    every consumed topic's lag is 0; prints progress and the result, and returns it (payloads/s incl.
+    start-up, and after start-up with the worker CPU µs per payload when measured)."""
+    t0 = time.monotonic()
+    profile = os.environ.get("PEAKROUTE_BENCH_PYSPY")  # e.g. /tmp/prof.txt: profile worker 0 with py-spy
+    prefix = [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-o", profile, "--"] \
+        if profile else []
+    workers = [subprocess.Popen([*(prefix if i == 0 else []), sys.executable, "-m", "peakroute", "worker",
+                                 "--metrics-port", "0"], env=env,
+                                stdout=open(tmp / f"w{i}.log", "wb"), stderr=subprocess.STDOUT)
+               for i in range(n_workers)]
+    import psutil
+
+    def worker_cpu_s() -> float:
+        """User + system CPU seconds of the workers so far (all their threads: librdkafka's,
+        RocksDB's, faust's consumer thread)."""
+        total = 0.0
+        for w in workers:
+            try:
+                procs = [psutil.Process(w.pid)]
+                procs += procs[0].children(recursive=True)  # under py-spy the worker is its child
+                total += sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+            except psutil.Error:
+                pass
+        return total
+
+    started: tuple[float, float] | None = None  # (time, worker CPU s) at the first committed progress
+    result: dict[str, float] = {}
+    try:
+        while time.monotonic() - t0 < timeout:
+            ends = end_offsets(settings.kafka_bootstrap, topics)
+            done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
+            lag = {t: 0 for t in topics}
+            for tp in ends:
+                lag[tp[0]] += ends[tp] - done.get(tp, 0)
+            total = sum(lag.values())
+            if started is None and sum(lag[t] for t in RAW_TOPICS) < raw:
+                started = (time.monotonic(), worker_cpu_s())
+            print(f"\r  t={time.monotonic() - t0:6.1f}s lag raw={sum(lag[t] for t in RAW_TOPICS):7d} "
+                  f"ops={lag[STOCK_OPS]:6d} replies={lag[STOCK_REPLIES]:6d}",
+                  end="", flush=True)
+            if total == 0 and time.monotonic() - t0 > 3:
+                break
+            time.sleep(0.5)
+        el = time.monotonic() - t0
+        cpu = worker_cpu_s()
+        print(f"\n{raw} raw payloads drained by {n_workers} worker(s) in {el:.1f} s "
+              f"(incl. ~startup): {raw / el:.0f} payloads/s")
+        result["payloads_s_incl_startup"] = raw / el
+        if started is not None:
+            # From the first committed progress: start-up (imports, joining, recovery) excluded.
+            # CPU time per payload is the steadier figure on a noisy box (less hurt by waiting).
+            print(f"after start-up: {raw / max(0.001, el - (started[0] - t0)):.0f} payloads/s, worker CPU "
+                  f"{(cpu - started[1]) / raw * 1e6:.0f} µs per payload")
+            result["payloads_s"] = raw / max(0.001, el - (started[0] - t0))
+            result["cpu_us_per_payload"] = (cpu - started[1]) / raw * 1e6
+    finally:
+        for w in workers:
+            w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
+            w.wait()
+    # Re-reads the workers did (they cost drain time): records set aside during the start-up
+    # rebalance, and records that reached an agent out of order (agents.common.InputOrder).
+    logs = "".join((tmp / f"w{i}.log").read_text(errors="replace") for i in range(n_workers))
+    print(f"worker re-reads: {logs.count('set aside, to be read again')} batch(es) set aside in a rebalance, "
+          f"{logs.count('reached the agent before')} out-of-order arrival(s) set aside")
+    return result
 
 
 def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:

@@ -27,3 +27,14 @@ def test_loadtest_smoke() -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "max sustained" in out.stdout and "of the raw ceiling" in out.stdout, out.stdout[-3000:]
     assert "AUDIT OK" in (ROOT / "benchmarks" / "results" / "loadtest-smoke.md").read_text()
+
+
+def test_floor_benchmark_smoke() -> None:
+    """Faust's floor per payload (benchmarks/floor.py), smoke mode: every reader — raw confluent,
+    bare faust, faust + produce and the pipeline — reads the same small backlog to its end."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = (ROOT / "benchmarks" / "results" / "floor-smoke.md").read_text()
+    for reader in ("| confluent |", "| faust |", "| faust+produce |", "| pipeline |"):
+        assert reader in table, table
