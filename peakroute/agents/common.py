@@ -841,6 +841,23 @@ async def acked(pending: list[Any]) -> None:
     GUARDS.freeze.check("acked")
 
 
+async def prior_writes_durable(outbox: Any, stage: str) -> None:
+    """Wait until Kafka acknowledged every record this worker sent so far — the previous batches'
+    table writes above all — then check for a freeze.  Call it before a batch's first effect leaves.
+
+    Why (the long-form zombie scenario; ``late_records`` in tests/integration/faults.py counts
+    them): a batch's table writes are queued in librdkafka without waiting for them.  A worker
+    frozen (SIGSTOP, a VM pause) while they are queued sends them when it wakes, after the group
+    gave its partitions to another worker that recovered the tables without them.  Had the frozen
+    worker also sent effects computed from that state — a shipment request for a plan only that
+    state records — the new owner, re-reading the same input, plans the order again under a new
+    plan id, and the warehouse gets two shipment requests for one line.  Waiting here means an
+    effect leaves only once the state it was computed from is in Kafka; the wait is usually nil
+    (the writes went out while the batch was processed)."""
+    await outbox.flushed()
+    GUARDS.freeze.check(stage)
+
+
 #: Redis key that says "the stock view of this stock-ops partition is complete in this Redis".
 def stock_view_mark(partition: int) -> str:
     return f"peakroute:stock-view:complete:{partition}"

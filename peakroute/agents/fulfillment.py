@@ -44,13 +44,13 @@ from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (
     BATCH_MAX,
-    GUARDS,
     BatchWrites,
     by_partition,
     dead_letter_exception,
     die,
     order_partition,
     owned_events,
+    prior_writes_durable,
     send_dead_letter,
     sku_partition,
 )
@@ -170,13 +170,18 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             log.warning("breaker state unavailable (redis): %s; not holding", exc)
             return set()
 
-    async def flush(pending_ops: list[tuple[int, dict]], fx: Effects, counted: list[tuple[str, int]],
-                    held: list[dict]) -> None:
-        # A worker frozen while it planned this batch may have lost these orders to another
-        # worker meanwhile: its shipment requests would now be a zombie's (see FreezeWatch).
-        GUARDS.freeze.check("fulfillment effects")
+    async def flush(early: list[tuple[str, bytes, bytes, int | None, float | None]], pending_ops: list[tuple[int, dict]],
+                    fx: Effects, counted: list[tuple[str, int]], held: list[dict]) -> None:
+        # The state this batch read is in Kafka before anything it decided leaves; and a worker
+        # frozen while it planned this batch may have lost these orders to another worker
+        # meanwhile: its shipment requests would now be a zombie's (see FreezeWatch).
+        await prior_writes_durable(outbox, "fulfillment effects")
+        for topic, key, value, partition, timestamp in early:  # forwarded payloads, canonical orders
+            outbox.send(topic, key, value, partition=partition, timestamp=timestamp)
         for partition, batch in by_partition(pending_ops).items():
-            outbox.send(STOCK_OPS, None, dumps({"ops": batch}), partition=partition)
+            # "gen": the generation of this worker's assignment, so that the SKU owner can tell a
+            # replaced owner's late requests (tables/stale.fresh_ops).
+            outbox.send(STOCK_OPS, None, dumps({"ops": batch, "gen": app.consumer_generation_id}), partition=partition)
         for wh, request in fx.requests:
             outbox.send(wh_topics[wh], request["order_id"].encode(), dumps(request))
             m.FULFILLMENT_REQUESTS.labels(wh, request["type"]).inc()
@@ -226,10 +231,12 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
         v = state.get("v") if state else None
         return OrderVersion.from_dict(v) if v else None
 
-    async def normalized(event: faust.EventT, emitted: dict[str, OrderVersion]) -> tuple[dict, dict] | None:
+    async def normalized(event: faust.EventT, emitted: dict[str, OrderVersion],
+                         early: list[tuple[str, bytes, bytes, int | None, float | None]]) -> tuple[dict, dict] | None:
         """A raw payload as a canonical order to route with its dedup version (to be stored in
         the order's routing state), or None (dead-lettered, forwarded or a duplicate).
-        ``emitted``: versions emitted earlier in this batch (not yet in the table)."""
+        ``emitted``: versions emitted earlier in this batch (not yet in the table); ``early``: the
+        records to send with the batch's effects (a forwarded copy, the canonical order)."""
         msg = event.message
         channel = channel_of(msg.topic)
         m.RAW_RECEIVED.labels(channel).inc()
@@ -240,7 +247,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             if home != msg.partition:
                 # Its routing state lives on its own partition: two owners of one order would
                 # route it twice.  The copy is read there like any re-send (deduplicated).
-                outbox.send(msg.topic, channel_order_id.encode(), msg.value, partition=home, timestamp=msg.timestamp)
+                early.append((msg.topic, channel_order_id.encode(), msg.value, home, msg.timestamp))
                 m.RAW_FORWARDED.labels(channel).inc()
                 return None
         if out.rejection is not None:
@@ -252,7 +259,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             m.DUPLICATES.labels(channel, out.verdict.value).inc()  # type: ignore[union-attr]
             return None
         # Keep the raw topic's timestamp (ingest time): end-to-end latency is measured from it.
-        outbox.send(ORDERS, out.order_id.encode(), out.value, timestamp=msg.timestamp)
+        early.append((ORDERS, out.order_id.encode(), out.value, None, msg.timestamp))
         emitted[out.order_id] = out.version
         m.ORDERS_EMITTED.labels(channel, out.verdict.value, out.status).inc()  # type: ignore[union-attr]
         if msg.timestamp:
@@ -271,6 +278,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             decoded: list[tuple[faust.EventT, Any, dict | None]] = []
             skus: set[str] = set()
             emitted: dict[str, OrderVersion] = {}
+            early: list[tuple[str, bytes, bytes, int | None, float | None]] = []
             raw_count, raw_seconds = 0, 0.0
             for event in events:
                 states.event = event
@@ -278,7 +286,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                     raw_started = time.perf_counter()
                     raw_count += 1
                     try:
-                        found = await normalized(event, emitted)
+                        found = await normalized(event, emitted, early)
                     except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                         await dead_letter_exception(dlq, event, exc, channel=channel_of(event.message.topic),
                                                     stage="normalize")
@@ -388,7 +396,7 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
                 except Exception as exc:  # noqa: BLE001 - nothing may escape a faust agent
                     await dead_letter_exception(dlq, event, exc, channel=None, stage="fulfillment")
             try:
-                await flush(pending_ops, fx, counted, held)
+                await flush(early, pending_ops, fx, counted, held)
             except Exception as exc:  # noqa: BLE001
                 die("fulfillment", exc)
             states.flush()

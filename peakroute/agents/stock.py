@@ -23,14 +23,15 @@ from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
 from ..tables.redis_views import RedisViews
+from ..tables.stale import LateRecords, fresh_ops
 from .common import (
     BATCH_MAX,
-    GUARDS,
     BatchWrites,
     by_partition,
     dead_letter_exception,
     die,
     owned_events,
+    prior_writes_durable,
     sku_partition,
 )
 
@@ -52,6 +53,8 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
     drift: dict[str, list[tuple[str, int]]] | None = None
     #: partition -> (when noted, hold key) of shipped-hold tombstones, oldest first (see TOMBSTONE_TTL_S)
     tombstones: dict[int, deque[tuple[float, str]]] = defaultdict(deque)
+    #: (stock-ops partition, order partition) -> the newest order owner seen (tables/stale.fresh_ops)
+    senders = LateRecords()
 
     async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
         nonlocal drift
@@ -100,7 +103,15 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
             for event in events:
                 levels_batch.event = holds_batch.event = event
                 try:
-                    ops = orjson.loads(event.message.value)["ops"]
+                    doc = orjson.loads(event.message.value)
+                    ops, late = fresh_ops(senders, event.message.partition, doc["ops"], doc.get("gen"),
+                                          event.message.timestamp)
+                    if late:
+                        m.STOCK_OPS_LATE.inc(len(late))
+                        log.warning("stock-ops[%s]@%s: %d operation(s) of a replaced order owner (generation %s) "
+                                    "left out, e.g. %s %s line %s plan %s", event.message.partition,
+                                    event.message.offset, len(late), doc.get("gen"), late[0].get("op"),
+                                    late[0].get("order_id"), late[0].get("line_id"), late[0].get("plan"))
                     if drift:
                         correct_drift(ops)
                     for op in ops:
@@ -134,9 +145,10 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 except Exception as exc:  # noqa: BLE001 - the view is a projection; next batch refreshes it
                     log.warning("stock view not updated (redis): %s", exc)
             try:
-                # A worker woken from a freeze longer than the session may no longer own these SKUs:
-                # it must exit before it answers for them.
-                GUARDS.freeze.check("stock replies")
+                # The holds this batch read are in Kafka before its answers leave; and a worker woken
+                # from a freeze longer than the session may no longer own these SKUs: it must exit
+                # before it answers for them.
+                await prior_writes_durable(outbox, "stock replies")
                 for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
                     outbox.send(STOCK_REPLIES, None, dumps({"replies": batch}), partition=partition)
                 await outbox.flushed()  # replies durable before the holds are remembered

@@ -6,11 +6,18 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 
 def read_all(bootstrap: str, topics: list[str], timeout: float = 120.0) -> Iterator[tuple[str, int, int, bytes | None, bytes | None]]:
     """(topic, partition, offset, key, value) of every record now in ``topics``."""
+    for msg in read_messages(bootstrap, topics, timeout):
+        yield msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
+
+
+def read_messages(bootstrap: str, topics: list[str], timeout: float = 120.0) -> Iterator[Message]:
+    """Every record now in ``topics`` as confluent-kafka messages (timestamps, headers), each
+    partition in offset order."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peakroute-reader-{uuid.uuid4().hex[:8]}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
@@ -42,7 +49,7 @@ def read_all(bootstrap: str, topics: list[str], timeout: float = 120.0) -> Itera
                 tp = (msg.topic(), msg.partition())
                 if tp not in remaining or msg.offset() >= remaining[tp]:
                     continue
-                yield msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()
+                yield msg
                 if msg.offset() + 1 >= remaining[tp]:
                     del remaining[tp]
         if remaining:

@@ -92,6 +92,16 @@ TABLE_KEYS = Gauge("peakroute_table_keys", "Keys held locally per table (RocksDB
 OVERSOLD_ORDERS = Counter(
     "peakroute_oversold_orders_total", "Order lines whose reservation was evicted (then re-routed or backordered)")
 SHORT_PICKS = Counter("peakroute_short_picked_units_total", "Units the WMS reported missing at picking (short picks)")
+CHANGELOG_LATE_RECORDS = Counter(
+    "peakroute_changelog_late_records_total",
+    "Table changelog records left out when a partition was recovered: written by an owner the "
+    "partition had already moved from (a frozen worker's queued writes, sent when it woke; "
+    "tables/stale.py); each one is a zombie write that recovery did not take",
+    ["table"])
+STOCK_OPS_LATE = Counter(
+    "peakroute_stock_ops_late_total",
+    "Stock operations a SKU owner left out: sent by an order owner the order partition had already "
+    "moved from and delivered after the new owner's (a frozen worker's queued requests; tables/stale.py)")
 SHIPMENTS_UNMATCHED = Counter(
     "peakroute_shipments_unmatched_total",
     "WMS shipment confirmations that match no reservation of the SKU they name (a wrong SKU, a line "

@@ -46,6 +46,9 @@ import orjson
 from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 
+from ..metrics import registry as m
+from .stale import LateRecords, generation_of
+
 log = logging.getLogger(__name__)
 
 STORE_URL = "peakroute-rocksdb://"
@@ -106,15 +109,41 @@ class BoundedOptions(faust_rocksdb.RocksDBOptions):
 
 class Store(faust_rocksdb.Store):
     """faust's RocksDB store, reading a key from whichever assigned partition holds it, with every
-    database of the process under one memory budget (:func:`memory_budget`)."""
+    database of the process under one memory budget (:func:`memory_budget`), recovering without
+    a frozen former owner's late records (:class:`~peakroute.tables.stale.LateRecords`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._late = LateRecords()
         o = self.rocksdb_options
         self.rocksdb_options = BoundedOptions(
             max_open_files=o.max_open_files, write_buffer_size=o.write_buffer_size,
             max_write_buffer_number=o.max_write_buffer_number, target_file_size_base=o.target_file_size_base,
             bloom_filter_size=o.bloom_filter_size, use_rocksdict=True)
+
+    def apply_changelog_batch(self, batch: Any, to_key: Any, to_value: Any) -> None:
+        """faust's recovery of a batch of changelog records, without the late ones (tables/stale.py).
+        The persisted offsets still move past them: they are not read again."""
+        events = list(batch)
+        late = self._late
+        kept, dropped = [], []
+        for e in events:
+            msg = e.message
+            (kept if late.keep(msg.tp, msg.timestamp, generation_of(msg.headers)) else dropped).append(e)
+        super().apply_changelog_batch(kept, to_key, to_value)
+        if dropped:
+            last: dict[Any, int] = {}
+            for e in events:
+                last[e.message.tp] = max(e.message.offset, last.get(e.message.tp, -1))
+            for tp, offset in last.items():
+                self.set_persisted_offset(tp, offset)
+            name = getattr(self.table, "name", "?")
+            m.CHANGELOG_LATE_RECORDS.labels(name).inc(len(dropped))
+            first = dropped[0].message
+            log.warning("table %s: %d changelog record(s) left out of recovery: written by an owner the "
+                        "partition had already moved from (a frozen worker's late writes), e.g. %s[%s]@%d key %r",
+                        name, len(dropped), first.topic, first.partition, first.offset,
+                        first.key[:80] if first.key else first.key)
 
     def _encode_key(self, key: Any) -> bytes:
         """A str key as faust's ``json`` key serializer writes it (faust's json is orjson), without

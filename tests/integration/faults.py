@@ -32,7 +32,7 @@ from peakroute.config import Settings
 from peakroute.connectors.kafka import make_producer
 from peakroute.connectors.simulator import PeakSaleSimulator, run_simulation
 from peakroute.connectors.stockload import generate_stock, produce_inventory
-from peakroute.connectors.topicreader import read_all
+from peakroute.connectors.topicreader import read_all, read_messages
 from peakroute.domain.audit import stuck_orders
 from peakroute.domain.catalog import load_catalog
 from peakroute.domain.network import load_network
@@ -435,6 +435,39 @@ def parse_audit(text: str) -> dict:
             "lost": _count(r"✗ lost:", text), "twice": _count(r"✗ twice:", text), "oversold_units": oversold}
 
 
+def late_records(settings: Settings, late_s: float = 3.0) -> tuple[int, dict[str, int], list[str]]:
+    """Records a worker produced and Kafka got much later than records produced after them on the
+    same partition: a frozen worker's queued records, sent by librdkafka when it woke up — after the
+    group had given its partitions to another worker (a zombie's writes).  Returns (records read,
+    late records by topic, up to 10 examples).  Only topics whose records are stamped at produce
+    time (changelogs, stock ops and replies, shipment requests, order events; not the raw topics,
+    which keep the channel's time)."""
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "late-records"})
+    try:
+        md = c.list_topics(timeout=10)
+    finally:
+        c.close()
+    topics = sorted(t for t in md.topics if t.endswith("-changelog") or t.startswith("peakroute.fulfillment.")
+                    or t in (STOCK_OPS, STOCK_REPLIES, ORDER_EVENTS))
+    newest: dict[tuple[str, int], int] = {}
+    late: dict[str, int] = {}
+    examples: list[str] = []
+    n = 0
+    for msg in read_messages(settings.kafka_bootstrap, topics):
+        n += 1
+        tp = (msg.topic(), msg.partition())
+        ts = msg.timestamp()[1]
+        if ts <= 0:
+            continue
+        if ts < newest.get(tp, ts) - late_s * 1000:
+            late[tp[0]] = late.get(tp[0], 0) + 1
+            if len(examples) < 10:
+                examples.append(f"{tp[0]}[{tp[1]}]@{msg.offset()} key {msg.key()!r:.60} produced "
+                                f"{(newest[tp] - ts) / 1000:.1f} s before the newest record ahead of it")
+        newest[tp] = max(ts, newest.get(tp, ts))
+    return n, late, examples
+
+
 def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, drain_timeout: float = 180) -> Report:
     """Wait for the load to end and the workers to catch up, audit, print and return the report;
     fails the test when anything was lost, done twice, oversold, or left without an outcome."""
@@ -473,6 +506,17 @@ def finish(sc: Scenario, load: Load | None, *, threshold: int | None = None, dra
     if aside:  # agents.common.owned_events: handed over during a rebalance, read again after its seek
         sc.facts.append(f"messages set aside during rebalances (read again after the seek): {sum(aside):,} "
                         f"in {len(aside)} batches")
+    left_out = [int(m.group(1)) for w in sc.pool.workers
+                for m in re.finditer(r"(\d+) changelog record\(s\) left out of recovery", w.logs())]
+    if left_out:  # tables/stale.py: a replaced owner's late writes, not taken by a later recovery
+        sc.facts.append(f"late changelog records left out by recoveries: {sum(left_out):,}")
+    try:
+        read, late, examples = late_records(sc.settings)
+        sc.facts.append(f"records Kafka got ≥ 3 s after records produced later on their partition (a frozen "
+                        f"worker's queued sends): {sum(late.values()):,} of {read:,} {late or ''}")
+        sc.facts += [f"    late: {e}" for e in examples]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: never the reason a scenario fails
+        sc.facts.append(f"late records not counted: {exc!r}")
     report = Report(name=sc.name, **parsed, stuck=len(stuck), healed_by_watchdog=first_stuck - len(stuck),
                     recovery_s=(rec_at - since) if rec_at is not None else None,
                     peak_lag=sc.monitor.peak(), drain_s=drained - load_end, restarts=list(sc.pool.restarts),

@@ -14,10 +14,12 @@ from peakroute.streams.outbox import carry_changelogs
 class RecordingOutbox:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any, Any, int | None]] = []
+        self.headers: list[Any] = []
         self.flushes = 0
 
-    def send(self, topic: str, key: Any, value: Any, partition: int | None = None) -> None:
+    def send(self, topic: str, key: Any, value: Any, partition: int | None = None, headers: Any = None) -> None:
         self.sent.append((topic, key, value, partition))
+        self.headers.append(headers)
 
     async def flushed(self) -> None:
         self.flushes += 1
@@ -52,6 +54,11 @@ async def changelog_records_go_through_the_outbox() -> None:
         ("t-outbox-order-state-changelog", faust_would.key, faust_would.value, 3),
         ("t-outbox-order-state-changelog", b'"tmall:1"', None, 5),
     ]
+    # Each record names the generation of its writer's assignment (tables/stale.py reads it back).
+    assert outbox.headers == [[("peakroute-gen", b"0")]] * 2
+    app.consumer_generation_id = 7  # faust sets it at every assignment
+    table.send_changelog(3, "tmall:1", {"status": "shipped"})
+    assert outbox.headers[-1] == [("peakroute-gen", b"7")]
     # faust's commit awaits producer.flush() before committing offsets: it must wait for the outbox.
     await app.producer.flush()
     assert outbox.flushes == 1
