@@ -1,0 +1,75 @@
+"""A frozen former owner's late changelog write stays out of a real worker's recovery.
+
+The record sequence a SIGSTOP zombie leaves on a changelog partition (see peakroute/tables/stale.py,
+and ``late_records`` in faults.py, which counts them in the fault scenarios) is written here
+directly to the stock-levels changelog of a real Kafka: owner A (generation 5), owner B
+(generation 6), then a write of A's produced before B's but delivered after it.  A worker started
+on it must recover B's level, which the SKU owner republishes to the Redis stock view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from peakroute.agents.common import sku_partition
+from peakroute.stack import LocalStack
+from peakroute.streams.topics import changelog_specs, changelog_topic
+from peakroute.tables.redis_views import RedisViews
+from peakroute.tables.stale import GENERATION_HEADER
+
+from ..conftest import local_stack
+from .harness import PeakrouteProcess, unique_app_id
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: Path) -> None:
+    with local_stack(tmp_path / "stack") as base:
+        settings = replace(base, app_id=unique_app_id("late"))
+        LocalStack(settings).ensure_topics(changelog_specs(settings))
+        topic = changelog_topic(settings.app_id, "stock-levels")
+        sku = "T-LATE"
+        partition = sku_partition(sku, settings.partitions)
+        now_ms = int(time.time() * 1000)
+
+        def level(warehouse: str, on_hand: int, generation: int, age_s: float) -> dict:
+            return {"topic": topic, "partition": partition, "key": orjson.dumps(f"{sku}|{warehouse}"),
+                    "value": orjson.dumps([on_hand, 0, 0]), "timestamp": now_ms - int(age_s * 1000),
+                    "headers": [(GENERATION_HEADER, str(generation).encode())]}
+
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+        for record in (level("WH-EAST", 10, 5, 60),     # owner A
+                       level("WH-EAST", 20, 6, 30),     # owner B, after A was declared gone
+                       level("WH-SOUTH", 7, 6, 29),     # owner B
+                       level("WH-EAST", 99, 5, 59)):    # A's write queued before its freeze, sent on waking
+            producer.produce(**record)
+        assert producer.flush(30) == 0
+
+        worker = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "worker.log")
+        try:
+            async def stock_view() -> dict:
+                views = RedisViews(settings.redis_url)
+                try:
+                    return await views.stock_of(sku)
+                finally:
+                    await views.close()
+
+            seen: dict = {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "WH-SOUTH" not in seen:
+                assert worker.alive(), worker.output()[-3000:]
+                time.sleep(1)
+                seen = asyncio.run(stock_view())  # republished from the recovered table (repair, every 10 s)
+            assert seen.get("WH-SOUTH", {}).get("on_hand") == 7, (seen, worker.output()[-3000:])
+            assert seen["WH-EAST"]["on_hand"] == 20, f"the late write was recovered: {seen}"
+            assert "changelog record(s) left out of recovery" in worker.output()
+        finally:
+            worker.stop()
+        assert "Traceback" not in worker.output(), worker.output()[-4000:]
