@@ -6,6 +6,8 @@ from the first offset, each in its own consumer group:
 
 * ``confluent``       a raw confluent-kafka consumer that counts the payloads (auto-commit):
                       the most any Python consumer does here;
+* ``faust-each``      a faust agent over the four topics iterating values one at a time
+                      (``async for value in stream``: faust's plainest agent);
 * ``faust``           a faust agent over the four topics that takes batches the way the pipeline's
                       agents do (``take_events``, 500 per batch, 10 ms wait, uvloop, acks) and does
                       nothing else: faust's own floor per payload;
@@ -95,6 +97,9 @@ out = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempoten
 
 @app.agent(source)
 async def floor(stream):
+    if variant == "faust-each":  # faust's plainest agent: one value at a time
+        async for _value in stream:
+            seen(1)
     async for batch in stream.take_events(500, within=0.01):
         if variant == "faust+produce":
             for event in batch:
@@ -111,7 +116,7 @@ sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
 app.main()
 """
 
-VARIANTS = ("confluent", "faust", "faust+produce")
+VARIANTS = ("confluent", "faust-each", "faust", "faust+produce")
 
 
 def run_variant(bootstrap: str, total: int, variant: str, group: str, datadir: Path) -> dict[str, float]:

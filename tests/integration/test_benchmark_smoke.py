@@ -36,5 +36,5 @@ def test_floor_benchmark_smoke() -> None:
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = (ROOT / "benchmarks" / "results" / "floor-smoke.md").read_text()
-    for reader in ("| confluent |", "| faust |", "| faust+produce |", "| pipeline |"):
+    for reader in ("| confluent |", "| faust-each |", "| faust |", "| faust+produce |", "| pipeline |"):
         assert reader in table, table
