@@ -843,8 +843,7 @@ async def acked(pending: list[Any]) -> None:
 
 async def prior_writes_durable(outbox: Any, stage: str) -> None:
     """Wait until Kafka acknowledged every record this worker sent so far — the previous batches'
-    table writes above all — then check for a freeze.  Called before a routing batch's effects leave
-    (agents/fulfillment.py: only batches that send shipment requests pay its round trip).
+    table writes above all — then check for a freeze.  Call it before a batch's first effect leaves.
 
     Why (the long-form zombie scenario; ``late_records`` in tests/integration/faults.py counts
     them): a batch's table writes are queued in librdkafka without waiting for them.  A worker

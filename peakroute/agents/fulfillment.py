@@ -44,7 +44,6 @@ from ..tables.breaker_store import BreakerStore
 from ..tables.redis_views import UNKNOWN_AVAILABLE, RedisViews
 from .common import (
     BATCH_MAX,
-    GUARDS,
     BatchWrites,
     by_partition,
     dead_letter_exception,
@@ -173,16 +172,10 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
 
     async def flush(early: list[tuple[str, bytes, bytes, int | None, float | None]], pending_ops: list[tuple[int, dict]],
                     fx: Effects, counted: list[tuple[str, int]], held: list[dict]) -> None:
-        # A worker frozen while it planned this batch may have lost these orders to another worker
-        # meanwhile: its shipment requests would now be a zombie's (see FreezeWatch).  A batch that
-        # routes orders first waits until the state it routed from is in Kafka: a shipment request
-        # must never leave for a plan only undelivered state records.  Other batches do not wait
-        # (the wait is a round trip per batch; their late effects are duplicates or are left out
-        # by their readers: tables/stale.py).
-        if fx.requests:
-            await prior_writes_durable(outbox, "fulfillment effects")
-        else:
-            GUARDS.freeze.check("fulfillment effects")
+        # The state this batch read is in Kafka before anything it decided leaves; and a worker
+        # frozen while it planned this batch may have lost these orders to another worker
+        # meanwhile: its shipment requests would now be a zombie's (see FreezeWatch).
+        await prior_writes_durable(outbox, "fulfillment effects")
         for topic, key, value, partition, timestamp in early:  # forwarded payloads, canonical orders
             outbox.send(topic, key, value, partition=partition, timestamp=timestamp)
         for partition, batch in by_partition(pending_ops).items():

@@ -26,12 +26,12 @@ from ..tables.redis_views import RedisViews
 from ..tables.stale import LateRecords, fresh_ops
 from .common import (
     BATCH_MAX,
-    GUARDS,
     BatchWrites,
     by_partition,
     dead_letter_exception,
     die,
     owned_events,
+    prior_writes_durable,
     sku_partition,
 )
 
@@ -145,11 +145,10 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 except Exception as exc:  # noqa: BLE001 - the view is a projection; next batch refreshes it
                     log.warning("stock view not updated (redis): %s", exc)
             try:
-                # A worker woken from a freeze longer than the session may no longer own these SKUs:
-                # it must exit before it answers for them.  (Its answers do not wait for the previous
-                # batch's holds to be in Kafka, as a routing batch does: the SKU owner is a function of
-                # its ops log: a new owner reading the same log answers the same requests the same way.)
-                GUARDS.freeze.check("stock replies")
+                # The holds this batch read are in Kafka before its answers leave; and a worker woken
+                # from a freeze longer than the session may no longer own these SKUs: it must exit
+                # before it answers for them.
+                await prior_writes_durable(outbox, "stock replies")
                 for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
                     outbox.send(STOCK_REPLIES, None, dumps({"replies": batch}), partition=partition)
                 await outbox.flushed()  # replies durable before the holds are remembered
