@@ -290,11 +290,16 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
 class Workers:
     def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str]) -> None:
         self.logdir, self.env, self.starts = logdir, env, 0
+        self.ports = [0] * n  # each worker's /metrics (read by gate_totals)
         self.procs = [self._start(i) for i in range(n)]
 
     def _start(self, i: int) -> subprocess.Popen:
+        from peakroute.stack import free_port
+
         self.starts += 1
-        return subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0"], env=self.env,
+        self.ports[i] = free_port()
+        return subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", str(self.ports[i])],
+                                env=self.env,
                                 stdout=open(self.logdir / f"worker{i}-{self.starts}.log", "wb"),
                                 stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
 
@@ -306,6 +311,33 @@ class Workers:
                 codes.append(p.returncode)
                 self.procs[i] = self._start(i)
         return codes
+
+    def gate_totals(self) -> dict[str, tuple[float, float, float]]:
+        """Per stage, over all workers: (batches, seconds waited, batches that waited > 5 ms) of
+        ``peakroute_effects_gate_seconds`` — the wait of each batch's effects for the previous
+        writes (agents.common.prior_writes_durable).  Workers restarted meanwhile start from 0."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[str, list[float]] = {}
+        for port in self.ports:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                continue
+            for fam in text_string_to_metric_families(text):
+                if fam.name != "peakroute_effects_gate_seconds":
+                    continue
+                for sample in fam.samples:
+                    t = out.setdefault(sample.labels.get("stage", "?"), [0.0, 0.0, 0.0])
+                    if sample.name.endswith("_count"):
+                        t[0] += sample.value
+                    elif sample.name.endswith("_sum"):
+                        t[1] += sample.value
+                    elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.005":
+                        t[2] -= sample.value  # + count below: batches above 5 ms
+        return {k: (v[0], v[1], v[2] + v[0]) for k, v in out.items()}
 
     def rss_mb(self) -> list[float]:
         out = []
@@ -577,10 +609,17 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     bytes0 = state_bytes(settings)
+    gate0 = procs.gate_totals()
     print(f"  soak: {rate:.0f} orders/s for {args.soak_min} min ({len(wl.events)} payloads)", flush=True)
     step = run_step("soak", len(procs.procs), producer, collector, wl, rate, seconds, max(args.grace, 30))
     stop.set()
     sampler.join(15)
+    gate = {}
+    for stage, (n_, secs, slow) in procs.gate_totals().items():
+        b0, s0, slow0 = gate0.get(stage, (0.0, 0.0, 0.0))
+        if n_ - b0 > 0:
+            gate[stage] = {"batches": int(n_ - b0), "mean_ms": round((secs - s0) / (n_ - b0) * 1000, 2),
+                           "over_5ms_pct": round((slow - slow0) / (n_ - b0) * 100, 1)}
     rss = [sum(v) for _, v in samples]
     n = len(rss)
     first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
@@ -601,7 +640,8 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
             # A worker near 100% of a core is saturated whatever the step says: latency then grows
             # with every disturbance.  (Sum over workers; one worker's Python is bound to one core.)
             "worker_cpu_pct_by_minute": [round((cpu[i + 6] - cpu[i]) / 60 * 100) for i in range(0, len(cpu) - 6, 6)],
-            "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1)}
+            "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1),
+            "effects_gate": gate}
 
 
 def machine() -> dict[str, Any]:
@@ -674,7 +714,8 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                          f"{s.get('worker_cpu_pct_by_minute')}; changelog "
                          f"{s['changelog_bytes_per_order']} B/order; p99 {s['step']['p99_ms']} ms "
                          f"([p50, p99] ms by minute {s['step'].get('by_minute_ms')}), "
-                         f"sustained: {s['step']['sustained']}")
+                         f"sustained: {s['step']['sustained']}; effects gate (wait per batch) "
+                         f"{s.get('effects_gate')}")
     return "\n".join(lines) + "\n"
 
 

@@ -45,6 +45,7 @@ DASHBOARDS: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
         ("Shipments today by warehouse", "sum by (warehouse) (increase(peakroute_routed_shipments_total[24h]))", "none", "bargauge"),
         ("Cancel requests/s by warehouse", "sum by (warehouse) (rate(peakroute_fulfillment_requests_total{type=\"cancel_request\"}[5m]))", "ops", "timeseries"),
         ("Per-stage processing time p99", "histogram_quantile(0.99, sum by (le, stage) (rate(peakroute_stage_seconds_bucket[5m])))", "s", "timeseries"),
+        ("Effects waiting for the previous writes' acks, p99", "histogram_quantile(0.99, sum by (le, stage) (rate(peakroute_effects_gate_seconds_bucket[5m])))", "s", "timeseries"),
     ]),
     ("peakroute-inventory", "PeakRoute — inventory hot spots", [
         ("Top stock-outs (backordered lines by SKU)", "topk(10, max by (sku) (peakroute_stockout_backorders))", "none", "bargauge"),

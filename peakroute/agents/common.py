@@ -853,8 +853,10 @@ async def prior_writes_durable(outbox: Any, stage: str) -> None:
     state records — the new owner, re-reading the same input, plans the order again under a new
     plan id, and the warehouse gets two shipment requests for one line.  Waiting here means an
     effect leaves only once the state it was computed from is in Kafka; the wait is usually nil
-    (the writes went out while the batch was processed)."""
+    (the writes went out while the batch was processed); ``peakroute_effects_gate_seconds`` shows it."""
+    started = time.perf_counter()
     await outbox.flushed()
+    m.EFFECTS_GATE_SECONDS.labels(stage).observe(time.perf_counter() - started)
     GUARDS.freeze.check(stage)
 
 

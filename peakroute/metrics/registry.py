@@ -30,6 +30,11 @@ WEBHOOK_REQUESTS = Counter(
 STAGE_SECONDS = Histogram(
     "peakroute_stage_seconds", "Processing time per stage, per input message", ["stage"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+EFFECTS_GATE_SECONDS = Histogram(
+    "peakroute_effects_gate_seconds",
+    "Time a batch's effects waited for everything sent before them (the previous batches' table writes) "
+    "to be acknowledged by Kafka (agents.common.prior_writes_durable)", ["stage"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 INGEST_TO_CANONICAL = Histogram(
     "peakroute_ingest_to_canonical_seconds",
     "Raw topic timestamp (ingest) to canonical order emitted",
