@@ -111,8 +111,12 @@ def build_app(settings: Settings) -> faust.App:
     views = RedisViews(settings.redis_url)
     breakers = BreakerStore(settings.redis_url)
     breaker_cfg = settings.breaker_config()
-    # Each batch's outgoing messages, and the tables' changelog records, go through librdkafka.
-    outbox = Outbox(settings.kafka_bootstrap)
+    # Each batch's outgoing messages, and the tables' changelog records, go through librdkafka: one
+    # producer per agent that keeps tables, so that an agent's effects wait (prior_writes_durable)
+    # for its own earlier writes only, not for the other agent's sends in flight (measured:
+    # benchmarks/RESULTS.md, "effects gate").
+    order_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-orders"})
+    stock_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-stock"})
     tables: list[Any] = []
 
     def topic(*names: str) -> faust.TopicT:
@@ -146,15 +150,17 @@ def build_app(settings: Settings) -> faust.App:
     app.on_partitions_assigned.connect(watch_stale, weak=False)
     fulfillment.register(app, raws_and_replies=topic(*RAW_TOPICS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
-                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=outbox, watch=watch,
+                         breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=order_outbox, watch=watch,
                          batch_wait_s=wait_s)
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
                      watch=watch)
+    order_tables = list(tables)
     levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,
-                   holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=outbox,
+                   holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=stock_outbox,
                    batch_wait_s=wait_s)
-    carry_changelogs(app, outbox, tables)
+    carry_changelogs(app, order_outbox, order_tables)
+    carry_changelogs(app, stock_outbox, tables[len(order_tables):])
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,

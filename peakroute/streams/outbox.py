@@ -116,7 +116,8 @@ def carry_changelogs(app: Any, outbox: Outbox, tables: list[Any]) -> None:
 
     The crash rule faust relies on — a changelog record is durable before the input offset that
     produced it is committed — holds because faust's commit first awaits ``producer.flush()``,
-    which now also waits for the outbox (:meth:`Outbox.flushed`).
+    which now also waits for the outbox (:meth:`Outbox.flushed`).  Called once per outbox (the
+    worker has one per agent that keeps tables); each call adds its outbox to that wait.
 
     Each record carries the consumer-group generation of the assignment its writer holds
     (``app.consumer_generation_id``, set by faust at every assignment), so that recovery can leave
