@@ -21,8 +21,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/peakroute demo
 
 ## make test: every test, unit and integration (starts its own Kafka and Redis)
+# Test files are spread over TEST_PROCS processes (pytest-xdist, whole files per process; each
+# process starts its own Kafka and Redis).  TEST_PROCS=1 runs them one after the other.
+TEST_PROCS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -m "not integration"

@@ -656,7 +656,11 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), so a result names its code."""
+    """The checkout's commit (``+dirty`` with uncommitted changes), so a result names its code.
+
+    The workers run ``python -m peakroute`` from this checkout, so that is the code measured: to
+    measure another revision run *its* ``benchmarks/loadtest.py`` (a worktree) — setting
+    PYTHONPATH to another checkout does not change what the workers import."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10).stdout.strip()

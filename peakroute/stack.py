@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -369,7 +370,6 @@ def ensure_debian_binary(binary: str, package: str, log: Log = print,
 
     Used for redis-server, and for prometheus/promtool in the observability tests.
     """
-    global _APT_UPDATED
     find = find or (lambda: shutil.which(binary) or next(
         (p for p in (f"/usr/bin/{binary}", f"/usr/sbin/{binary}") if os.access(p, os.X_OK)), None))
     found = find()
@@ -378,6 +378,17 @@ def ensure_debian_binary(binary: str, package: str, log: Log = print,
     hint = f"{binary} not found: install it with 'sudo apt-get install {package}'"
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise StackError(hint)
+    # One install at a time on this machine (parallel test processes, two `stack up`s): apt-get
+    # refuses to run while another holds dpkg's lock.  Whoever waited finds the binary installed.
+    with _file_lock(Path(tempfile.gettempdir()) / "peakroute-apt.lock"):
+        found = find()
+        if found:
+            return found
+        return _apt_install(binary, package, hint, log, find)
+
+
+def _apt_install(binary: str, package: str, hint: str, log: Log, find: Callable[[], str | None]) -> str:
+    global _APT_UPDATED
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log(f"installing {package} with apt-get (first run only)…")
     steps = ([] if _APT_UPDATED else [["apt-get", "update"]]) + [
