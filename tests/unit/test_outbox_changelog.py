@@ -62,3 +62,37 @@ async def changelog_records_go_through_the_outbox() -> None:
     # faust's commit awaits producer.flush() before committing offsets: it must wait for the outbox.
     await app.producer.flush()
     assert outbox.flushes == 1
+
+
+def test_each_agent_gates_on_the_producer_that_carries_its_own_tables(tmp_path, monkeypatch) -> None:
+    """The effects gate (agents.common.prior_writes_durable) waits for the agent's own outbox only,
+    so each agent's tables must write their changelogs through that same outbox: the routing
+    records through the order side's, holds and levels through the SKU owner's.  A table on the
+    other lane would not be waited for, and a frozen worker could again send effects computed
+    from state that never reached Kafka (the zombie hole the gate closes)."""
+    from dataclasses import replace
+
+    from peakroute.agents import fulfillment, stock
+    from peakroute.config import Settings
+    from peakroute.streams.app import build_app
+    from peakroute.streams.outbox import Outbox
+
+    gated: dict[str, Any] = {}
+    for name, module in (("order side", fulfillment), ("SKU owner", stock)):
+        def register(app: Any, *, _real: Any = module.register, _name: str = name, **kwargs: Any) -> Any:
+            gated[_name] = kwargs["outbox"]
+            return _real(app, **kwargs)
+        monkeypatch.setattr(module, "register", register)
+    sent: list[tuple[Any, str]] = []
+    monkeypatch.setattr(Outbox, "send", lambda self, topic, *args, **kwargs: sent.append((self, topic)))
+
+    app = build_app(replace(Settings(), kafka_bootstrap="127.0.0.1:1", state_dir=str(tmp_path)))
+    for table in app.tables.values():
+        table.send_changelog_bytes(0, b"k", b"v")
+    lane = {topic: outbox for outbox, topic in sent}
+    by_table = {name: outbox for topic, outbox in lane.items()
+                for name in ("order-routing", "stock-levels", "stock-holds") if topic.endswith(f"-{name}-changelog")}
+    assert set(by_table) == {"order-routing", "stock-levels", "stock-holds"}, sorted(lane)
+    assert gated["order side"] is not gated["SKU owner"]
+    assert by_table["order-routing"] is gated["order side"]
+    assert by_table["stock-levels"] is gated["SKU owner"] and by_table["stock-holds"] is gated["SKU owner"]
