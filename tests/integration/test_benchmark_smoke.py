@@ -19,14 +19,18 @@ def test_drain_benchmark_smoke() -> None:
 
 def test_loadtest_smoke() -> None:
     """Open-loop load test, smoke mode: one short step, the ceiling, a few seconds of soak, the
-    hot-SKU run and its audit — it must run end to end and write its report.  A worker setting
+    hot-SKU run and its audit — it must run end to end and write its report, the soak's effects gate
+    waits included.  A worker setting
     (``--worker-env``, the default value here) must reach the workers without breaking them."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--smoke",
                           "--worker-env", "PEAKROUTE_BATCH_WAIT_MS=10"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "max sustained" in out.stdout and "of the raw ceiling" in out.stdout, out.stdout[-3000:]
-    assert "AUDIT OK" in (ROOT / "benchmarks" / "results" / "loadtest-smoke.md").read_text()
+    report = (ROOT / "benchmarks" / "results" / "loadtest-smoke.md").read_text()
+    assert "AUDIT OK" in report
+    # The soak reads each worker's effects gate from its /metrics (so that scrape cannot rot either).
+    assert "'fulfillment effects': {'batches'" in report and "'stock replies': {'batches'" in report, report[-2000:]
 
 
 def test_floor_benchmark_smoke() -> None:
