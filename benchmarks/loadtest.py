@@ -320,7 +320,9 @@ class Workers:
 
         from prometheus_client.parser import text_string_to_metric_families
 
-        out: dict[str, list[float]] = {}
+        count: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        within_5ms: dict[str, float] = {}
         for port in self.ports:
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -330,14 +332,14 @@ class Workers:
                 if fam.name != "peakroute_effects_gate_seconds":
                     continue
                 for sample in fam.samples:
-                    t = out.setdefault(sample.labels.get("stage", "?"), [0.0, 0.0, 0.0])
+                    stage = sample.labels.get("stage", "?")
                     if sample.name.endswith("_count"):
-                        t[0] += sample.value
+                        count[stage] = count.get(stage, 0.0) + sample.value
                     elif sample.name.endswith("_sum"):
-                        t[1] += sample.value
+                        seconds[stage] = seconds.get(stage, 0.0) + sample.value
                     elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.005":
-                        t[2] -= sample.value  # + count below: batches above 5 ms
-        return {k: (v[0], v[1], v[2] + v[0]) for k, v in out.items()}
+                        within_5ms[stage] = within_5ms.get(stage, 0.0) + sample.value
+        return {stage: (n, seconds.get(stage, 0.0), n - within_5ms.get(stage, 0.0)) for stage, n in count.items()}
 
     def rss_mb(self) -> list[float]:
         out = []
