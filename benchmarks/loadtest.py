@@ -161,6 +161,7 @@ class RequestCollector(threading.Thread):
     def __init__(self, bootstrap: str, warehouses: list[str], partitions: int) -> None:
         super().__init__(daemon=True)
         self.first: dict[str, float] = {}
+        self.seen: dict[str, float] = {}  # order_id -> when this process read its first request (local clock)
         self.done: dict[str, tuple[str, float]] = {}
         self._halt = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{os.getpid()}-{time.time()}",
@@ -184,6 +185,7 @@ class RequestCollector(threading.Thread):
                     if doc.get("type") == "shipment_request":
                         if oid not in self.first or ts < self.first[oid]:
                             self.first[oid] = ts
+                        self.seen.setdefault(oid, time.time())
                     elif doc.get("event") in OUTCOMES and oid not in self.done:
                         self.done[oid] = (doc["event"], ts)
         self._consumer.close()
@@ -590,6 +592,91 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
     return steps, extra
 
 
+def read_records(bootstrap: str, starts: dict[tuple[str, int], int], ends: dict[tuple[str, int], int]) -> Any:
+    """(topic, Kafka timestamp in s, value) of every record between ``starts`` and ``ends``."""
+    tps = [TopicPartition(t, p, starts.get((t, p), 0)) for (t, p), end in ends.items() if end > starts.get((t, p), 0)]
+    if not tps:
+        return
+    left = {(tp.topic, tp.partition): ends[(tp.topic, tp.partition)] for tp in tps}
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-hops-{os.getpid()}", "enable.auto.commit": False})
+    c.assign(tps)
+    idle = 0
+    try:
+        while left and idle < 50:
+            msgs = c.consume(5000, 0.2)
+            idle = 0 if msgs else idle + 1
+            for msg in msgs:
+                if msg.error():
+                    continue
+                key = (msg.topic(), msg.partition())
+                if msg.offset() + 1 >= left.get(key, 0):
+                    left.pop(key, None)
+                if msg.value():
+                    yield msg.topic(), msg.timestamp()[1] / 1000.0, msg.value()
+    finally:
+        c.close()
+
+
+#: The hops of a routed order, in order (see :func:`hop_anatomy`).
+HOPS = ("payload due → reservation requests sent", "→ SKU owner's replies sent", "→ shipment request sent",
+        "→ seen by the load test")
+
+
+def hop_anatomy(bootstrap: str, starts: dict[tuple[str, int], int], wl: Workload, routed: dict[str, float],
+                seen: dict[str, float]) -> dict[str, Any]:
+    """Where an order's latency goes, from the Kafka timestamps of the messages it caused.
+
+    Per routed order: t0 = the intended time of the payload that made it routable (as in
+    :func:`run_step`); t1 = the first reservation request for it on ``stock-ops`` sent at or after
+    t0 (the order owner's batch: fetch, batch wait, normalize, plan, effects gate); t2 = the last
+    "confirmed" reply for it on ``stock-replies`` before its shipment request (the SKU owner's
+    batch); t3 = its first shipment request (the order owner's batch for the replies); t4 = when the
+    load test's reader saw it.  Timestamps are the producers' clocks (one machine).  Reported: each
+    hop's p50/p90/p99 and, for the slowest 1% of orders end to end, each hop's mean — where the
+    tail comes from."""
+    ends = end_offsets(bootstrap, [STOCK_OPS, STOCK_REPLIES])
+    reserves: dict[str, list[float]] = {}
+    confirms: dict[str, list[float]] = {}
+    for topic, ts, value in read_records(bootstrap, starts, ends):
+        doc = orjson.loads(value)
+        if topic == STOCK_OPS:
+            for op in doc.get("ops", ()):
+                if op.get("op") == "reserve" and op.get("order_id") in routed:
+                    reserves.setdefault(op["order_id"], []).append(ts)
+        else:
+            for r in doc.get("replies", ()):
+                if r.get("outcome") == "confirmed" and r.get("order_id") in routed:
+                    confirms.setdefault(r["order_id"], []).append(ts)
+    rows: list[tuple[float, ...]] = []
+    for oid, t3 in routed.items():
+        sent = wl.sent_at.get(oid, [])
+        i = bisect.bisect_right(sent, t3) - 1
+        if not sent or oid not in seen:
+            continue
+        t0 = sent[max(i, 0)]
+        t1 = min((ts for ts in reserves.get(oid, ()) if ts >= t0 - 0.001), default=None)
+        t2 = max((ts for ts in confirms.get(oid, ()) if ts <= t3), default=None)
+        if t1 is None or t2 is None or not t0 <= t1 + 0.001 <= t2 + 0.002 <= t3 + 0.003:
+            continue
+        rows.append((t1 - t0, t2 - t1, t3 - t2, max(0.0, seen[oid] - t3)))
+    if not rows:
+        return {"orders": 0}
+    totals = sorted(range(len(rows)), key=lambda k: sum(rows[k][:3]))
+    tail = [rows[k] for k in totals[int(len(rows) * 0.99):]]
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(len(values) * q))] * 1000, 1)
+
+    out: dict[str, Any] = {"orders": len(rows), "of_routed": len(routed), "hops": {}}
+    for j, name in enumerate(HOPS):
+        col = [r[j] for r in rows]
+        out["hops"][name] = {"p50_ms": pct(col, 0.5), "p90_ms": pct(col, 0.9), "p99_ms": pct(col, 0.99),
+                             "max_ms": pct(col, 1.0),
+                             "slowest_1pct_mean_ms": round(sum(r[j] for r in tail) / len(tail) * 1000, 1)}
+    return out
+
+
 def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, producer: Producer,
          collector: RequestCollector, procs: Workers, steps: list[Step]) -> dict[str, Any]:
     """Half the max sustained rate for ``--soak-min`` minutes; worker RSS every 10 s."""
@@ -612,10 +699,15 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     sampler.start()
     bytes0 = state_bytes(settings)
     gate0 = procs.gate_totals()
+    hop_starts = end_offsets(settings.kafka_bootstrap, [STOCK_OPS, STOCK_REPLIES])
     print(f"  soak: {rate:.0f} orders/s for {args.soak_min} min ({len(wl.events)} payloads)", flush=True)
     step = run_step("soak", len(procs.procs), producer, collector, wl, rate, seconds, max(args.grace, 30))
     stop.set()
     sampler.join(15)
+    routed = collector.routed(routable_orders(wl))
+    with collector._lock:  # noqa: SLF001 - a consistent copy
+        seen = {o: collector.seen[o] for o in routed if o in collector.seen}
+    hops = hop_anatomy(settings.kafka_bootstrap, hop_starts, wl, routed, seen)
     gate = {}
     for stage, (n_, secs, slow) in procs.gate_totals().items():
         b0, s0, slow0 = gate0.get(stage, (0.0, 0.0, 0.0))
@@ -643,7 +735,7 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
             # with every disturbance.  (Sum over workers; one worker's Python is bound to one core.)
             "worker_cpu_pct_by_minute": [round((cpu[i + 6] - cpu[i]) / 60 * 100) for i in range(0, len(cpu) - 6, 6)],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1),
-            "effects_gate": gate}
+            "effects_gate": gate, "hops": hops}
 
 
 def machine() -> dict[str, Any]:
@@ -722,6 +814,14 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                          f"([p50, p99] ms by minute {s['step'].get('by_minute_ms')}), "
                          f"sustained: {s['step']['sustained']}; effects gate (wait per batch) "
                          f"{s.get('effects_gate')}")
+            hops = s.get("hops") or {}
+            if hops.get("hops"):
+                lines += ["", f"  Where the soak's latency goes ({hops['orders']} of {hops['of_routed']} routed orders "
+                          "traced through stock-ops and stock-replies):", "",
+                          "  | hop | p50 ms | p90 ms | p99 ms | max ms | mean in the slowest 1% ms |",
+                          "  |---|---|---|---|---|---|"]
+                lines += [f"  | {name} | {h['p50_ms']} | {h['p90_ms']} | {h['p99_ms']} | {h['max_ms']} "
+                          f"| {h['slowest_1pct_mean_ms']} |" for name, h in hops["hops"].items()]
     return "\n".join(lines) + "\n"
 
 

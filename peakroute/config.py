@@ -106,12 +106,16 @@ class Settings:
     #: With ``table_store=rocksdb``: MB of memory for all of a worker's table databases together
     #: (one block cache; memtables are charged to it).
     table_memory_mb: int = 64
-    #: How long (ms) an agent waits for its batch to fill (at most 500 messages) before it
-    #: processes what it has.  Longer: fewer, fatter batches (less CPU per order, as much as each
-    #: batch's Redis and Kafka round trips cost); shorter: less latency per hop at low rates.
-    #: Measured (benchmarks/RESULTS.md): 40 ms, −6% CPU and +90 ms p50 at 500 orders/s; 2 ms
-    #: saturated one worker at 300 orders/s.
+    #: How long (ms) the oldest message of an agent's batch (at most 500 messages) may wait for the
+    #: batch to fill (with ``batching=arrival``; with ``faust``: how long each batch waits after the
+    #: previous one).  Longer: fatter batches at low rates; under load the previous batch's
+    #: processing time does the batching.  Measured (benchmarks/RESULTS.md).
     batch_wait_ms: float = 10.0
+    #: How an agent's batches wait: ``arrival`` (the wait counts from the batch's oldest message's
+    #: arrival, and messages are buffered while the previous batch is processed:
+    #: peakroute/streams/batching.py) or ``faust`` (faust's ``take_events``: the whole wait again
+    #: after every batch; for an A/B, or should a newer faust change the stream internals it uses).
+    batching: str = "arrival"
     #: How long (ms) the broker may hold a fetch of the worker's consumer to gather 64 KiB; 0 is
     #: faust's default (answer as soon as anything is there: many small fetches under a steady stream).
     fetch_wait_ms: int = 0

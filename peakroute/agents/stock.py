@@ -19,6 +19,7 @@ import orjson
 
 from ..domain.ledger import Ledger, apply_ops, hold_key, is_shipped, reserved_drift
 from ..metrics import registry as m
+from ..streams.batching import batches
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
@@ -44,7 +45,7 @@ TOMBSTONE_TTL_S = 600.0
 
 def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, dlq: faust.TopicT,
              levels: Any, holds: Any, views: RedisViews, outbox: Outbox,
-             batch_wait_s: float) -> Any:
+             batch_wait_s: float, batching: str = "arrival") -> Any:
     levels_batch, holds_batch = BatchWrites(levels), BatchWrites(holds)
     ledger = Ledger(levels_batch, holds_batch)  # type: ignore[arg-type]
     #: sku -> [(level key, reserved as its holds add up)]: levels to correct before their SKU is next
@@ -85,7 +86,7 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
         nonlocal drift
-        async for batch in stream.take_events(BATCH_MAX, within=batch_wait_s):
+        async for batch in batches(stream, BATCH_MAX, batch_wait_s, batching):
             started = time.perf_counter()
             events = owned_events(app, batch, "stock")
             if not events:

@@ -1,0 +1,94 @@
+"""Batches whose wait starts at their oldest message's arrival (streams/batching.take_batches), on a
+real faust stream over an in-memory channel (no broker: the app is never started)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import faust
+import pytest
+
+from peakroute.streams.batching import batches, take_batches
+
+
+def _stream() -> tuple[faust.ChannelT, faust.StreamT, list[object]]:
+    app = faust.App("t-batching", broker="kafka://127.0.0.1:1")
+    app.flow_control.resume()  # a started app's state: channels accept events
+    channel = app.channel()
+    stream = channel.clone(is_iterator=True).stream()
+    acked: list[object] = []
+
+    async def ack(event: faust.EventT) -> bool:
+        acked.append(event.value)
+        return True
+
+    stream.ack = ack  # type: ignore[method-assign]
+    return channel, stream, acked
+
+
+async def _run(take: str, schedule: list[tuple[float, int]], *, max_: int, within: float, work_s: float,
+               until: float) -> list[tuple[list[int], float, list[object]]]:
+    """Send ``schedule``'s values at their times; each batch "works" ``work_s``.  Returns each
+    batch's values, when it was handed over (s after the start) and what had been acked by then."""
+    channel, stream, acked = _stream()
+    got: list[tuple[list[int], float, list[object]]] = []
+    t0 = time.monotonic()
+
+    async def consume() -> None:
+        async for batch in batches(stream, max_, within, take):
+            got.append(([e.value for e in batch], time.monotonic() - t0, list(acked)))
+            await asyncio.sleep(work_s)
+
+    task = asyncio.ensure_future(consume())
+    for at, value in schedule:
+        await asyncio.sleep(max(0.0, at - (time.monotonic() - t0)))
+        await channel.send(value=value)
+    await asyncio.sleep(max(0.0, until - (time.monotonic() - t0)))
+    task.cancel()
+    return got
+
+
+def test_messages_that_arrived_during_a_batch_go_right_after_it() -> None:
+    """0 and 1 arrive together and wait 0.4 s; 2 arrives while their batch is processed (0.8 s).
+    By the time that batch is done 2 has waited long enough: handed over at once, not 0.4 s later
+    as faust's take_events does (it restarts the whole wait after every batch).  (Times are
+    generous: a loaded test machine delays each step by a few tens of ms.)"""
+    schedule = [(0.0, 0), (0.0, 1), (0.6, 2)]
+    ours = asyncio.run(_run("arrival", schedule, max_=10, within=0.4, work_s=0.8, until=2.6))
+    assert [values for values, _, _ in ours] == [[0, 1], [2]]
+    first, second = ours[0][1], ours[1][1]
+    assert 0.35 <= first < 0.6  # the first batch waited its 0.4 s
+    assert second - first == pytest.approx(0.8, abs=0.15)  # right after the 0.8 s of work
+    theirs = asyncio.run(_run("faust", schedule, max_=10, within=0.4, work_s=0.8, until=2.6))
+    assert [values for values, _, _ in theirs] == [[0, 1], [2]]
+    assert theirs[1][1] - theirs[0][1] == pytest.approx(1.2, abs=0.15)  # 0.8 s work + 0.4 s wait again
+
+
+def test_a_lone_message_waits_for_company_from_its_arrival() -> None:
+    """An idle stream still batches: 0 waits up to ``within`` for 1 (0.1 s later)."""
+    got = asyncio.run(_run("arrival", [(0.0, 0), (0.1, 1), (1.0, 2)], max_=10, within=0.5, work_s=0.0, until=2.0))
+    assert [values for values, _, _ in got] == [[0, 1], [2]]
+    assert got[0][1] == pytest.approx(0.5, abs=0.15)
+    assert got[1][1] == pytest.approx(1.5, abs=0.15)
+
+
+def test_at_most_max_per_batch_handed_over_when_full_and_acked_only_after_processing() -> None:
+    """A full batch goes at once (no wait); messages beyond ``max_`` wait for the next batch; a
+    batch's events are acked only once the consumer asks for the next batch (at-least-once)."""
+    got = asyncio.run(_run("arrival", [(0.0, v) for v in range(7)], max_=3, within=5.0, work_s=0.05, until=1.5))
+    # 6 is alone after two full batches: it waits its 5 s and is not handed over in this run.
+    assert [values for values, _, _ in got] == [[0, 1, 2], [3, 4, 5]]
+    assert got[0][1] < 1.0 and got[1][1] < 1.0  # full batches do not wait (the wait is 5 s)
+    assert got[0][2] == [] and got[1][2] == [0, 1, 2]  # acked after processing, not before
+
+
+def test_an_unknown_batching_setting_is_refused() -> None:
+    _, stream, _ = _stream()
+    with pytest.raises(ValueError, match="PEAKROUTE_BATCHING"):
+        batches(stream, 10, 0.01, "eager")
+
+
+def test_take_batches_is_what_arrival_means() -> None:
+    _, stream, _ = _stream()
+    assert batches(stream, 10, 0.01, "arrival").__qualname__ == take_batches.__qualname__  # type: ignore[attr-defined]
