@@ -92,3 +92,15 @@ def test_an_unknown_batching_setting_is_refused() -> None:
 def test_take_batches_is_what_arrival_means() -> None:
     _, stream, _ = _stream()
     assert batches(stream, 10, 0.01, "arrival").__qualname__ == take_batches.__qualname__  # type: ignore[attr-defined]
+
+
+def test_the_worker_refuses_an_unknown_batching_setting_at_start(tmp_path) -> None:
+    """A typo in PEAKROUTE_BATCHING stops the worker before it consumes anything, not inside an agent."""
+    from dataclasses import replace
+
+    from peakroute.config import Settings
+    from peakroute.streams.app import build_app
+
+    settings = replace(Settings(), kafka_bootstrap="127.0.0.1:1", state_dir=str(tmp_path), batching="eager")
+    with pytest.raises(ValueError, match="PEAKROUTE_BATCHING must be arrival or faust"):
+        build_app(settings)
