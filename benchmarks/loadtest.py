@@ -194,6 +194,11 @@ class RequestCollector(threading.Thread):
         with self._lock:
             return {o: self.first[o] for o in order_ids if o in self.first}
 
+    def seen_at(self, order_ids: set[str]) -> dict[str, float]:
+        """When this reader saw each order's first shipment request (local clock)."""
+        with self._lock:
+            return {o: self.seen[o] for o in order_ids if o in self.seen}
+
     def finished(self, order_ids: set[str]) -> dict[str, tuple[str, float]]:
         with self._lock:
             return {o: self.done[o] for o in order_ids if o in self.done}
@@ -705,9 +710,7 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     stop.set()
     sampler.join(15)
     routed = collector.routed(routable_orders(wl))
-    with collector._lock:  # noqa: SLF001 - a consistent copy
-        seen = {o: collector.seen[o] for o in routed if o in collector.seen}
-    hops = hop_anatomy(settings.kafka_bootstrap, hop_starts, wl, routed, seen)
+    hops = hop_anatomy(settings.kafka_bootstrap, hop_starts, wl, routed, collector.seen_at(set(routed)))
     gate = {}
     for stage, (n_, secs, slow) in procs.gate_totals().items():
         b0, s0, slow0 = gate0.get(stage, (0.0, 0.0, 0.0))

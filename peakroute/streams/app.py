@@ -33,6 +33,7 @@ from ..tables.breaker_store import BreakerStore
 from ..tables.packed import PackedTable
 from ..tables.redis_views import RedisViews
 from . import codecs  # noqa: F401 - registers the orjson codec
+from .batching import check_mode
 from .outbox import Outbox, carry_changelogs
 from .topics import DLQ, INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES
 
@@ -135,8 +136,7 @@ def build_app(settings: Settings) -> faust.App:
         return PackedTable(t) if packed else t
 
     wait_s = settings.batch_wait_ms / 1000
-    if settings.batching not in ("arrival", "faust"):
-        raise ValueError(f"PEAKROUTE_BATCHING must be arrival or faust, not {settings.batching!r}")
+    check_mode(settings.batching)  # a typo stops the worker here, not inside an agent
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
 

@@ -33,15 +33,23 @@ from typing import Any
 
 from mode.utils.aiter import aiter
 
+#: The values of the ``batching`` setting.
+MODES = ("arrival", "faust")
+
+
+def check_mode(how: str) -> str:
+    """``how`` if it is a value of the ``batching`` setting; else a ValueError naming the setting."""
+    if how not in MODES:
+        raise ValueError(f"PEAKROUTE_BATCHING must be arrival or faust, not {how!r}")
+    return how
+
 
 def batches(stream: Any, max_: int, within: float, how: str = "arrival") -> AsyncIterator[Any]:
     """The batches of ``stream`` the way the ``batching`` setting says (``arrival``: :func:`take_batches`;
     ``faust``: faust's own ``take_events``)."""
-    if how == "arrival":
+    if check_mode(how) == "arrival":
         return take_batches(stream, max_, within)
-    if how == "faust":
-        return stream.take_events(max_, within=within)
-    raise ValueError(f"PEAKROUTE_BATCHING must be arrival or faust, not {how!r}")
+    return stream.take_events(max_, within=within)
 
 
 async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
@@ -94,7 +102,6 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             await stream.wait(full, timeout=left)
             continue  # full, or the oldest event has waited long enough: look again
         batch, events = events, []
-        full.clear()
         room.set()
         try:
             yield batch
