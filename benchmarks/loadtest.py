@@ -294,10 +294,49 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
 # The stack and its workers
 # ------------------------------------------------------------------------------------------------
 
+#: The worker histograms the soak reports: the effects gate per stage, and per agent the wait of
+#: its input messages (Kafka timestamp → batch start) and the part of it spent in the batch buffer.
+WORKER_HISTOGRAMS = ("peakroute_effects_gate_seconds", "peakroute_input_wait_seconds", "peakroute_batch_wait_seconds")
+
+
+@dataclass
+class Hist:
+    """One Prometheus histogram's totals: count, sum, cumulative counts by upper bound."""
+
+    count: float = 0.0
+    sum: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def minus(self, before: Hist | None) -> Hist:
+        if before is None:
+            return self
+        return Hist(self.count - before.count, self.sum - before.sum,
+                    {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+
+    def quantile(self, q: float) -> float:
+        """As Prometheus' histogram_quantile: linear within the bucket that holds the q-th value."""
+        if self.count <= 0:
+            return float("nan")
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for le in sorted(self.buckets):
+            n = self.buckets[le]
+            if n >= rank:
+                if le == float("inf"):
+                    return lower
+                return lower + (le - lower) * ((rank - below) / max(1e-9, n - below))
+            lower, below = le, n
+        return lower
+
+    def summary_ms(self) -> dict[str, float]:
+        """Messages (or batches), mean, p50 and p99 in ms (quantiles interpolated within buckets)."""
+        return {"n": int(self.count), "mean_ms": round(self.sum / max(1.0, self.count) * 1000, 2),
+                "p50_ms": round(self.quantile(0.5) * 1000, 1), "p99_ms": round(self.quantile(0.99) * 1000, 1)}
+
+
 class Workers:
     def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str]) -> None:
         self.logdir, self.env, self.starts = logdir, env, 0
-        self.ports = [0] * n  # each worker's /metrics (read by gate_totals)
+        self.ports = [0] * n  # each worker's /metrics (read by histograms)
         self.procs = [self._start(i) for i in range(n)]
 
     def _start(self, i: int) -> subprocess.Popen:
@@ -319,34 +358,33 @@ class Workers:
                 self.procs[i] = self._start(i)
         return codes
 
-    def gate_totals(self) -> dict[str, tuple[float, float, float]]:
-        """Per stage, over all workers: (batches, seconds waited, batches that waited > 5 ms) of
-        ``peakroute_effects_gate_seconds`` — the wait of each batch's effects for the previous
-        writes (agents.common.prior_writes_durable).  Workers restarted meanwhile start from 0."""
+    def histograms(self, names: tuple[str, ...] = WORKER_HISTOGRAMS) -> dict[str, dict[str, Hist]]:
+        """The histograms ``names`` of every worker's /metrics, summed over workers, by their one
+        label's value (``stage``, ``agent``).  Workers restarted meanwhile start from 0."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
-        count: dict[str, float] = {}
-        seconds: dict[str, float] = {}
-        within_5ms: dict[str, float] = {}
+        out: dict[str, dict[str, Hist]] = {name: {} for name in names}
         for port in self.ports:
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             except OSError:
                 continue
             for fam in text_string_to_metric_families(text):
-                if fam.name != "peakroute_effects_gate_seconds":
+                if fam.name not in out:
                     continue
                 for sample in fam.samples:
-                    stage = sample.labels.get("stage", "?")
+                    label = sample.labels.get("stage") or sample.labels.get("agent") or "?"
+                    h = out[fam.name].setdefault(label, Hist())
                     if sample.name.endswith("_count"):
-                        count[stage] = count.get(stage, 0.0) + sample.value
+                        h.count += sample.value
                     elif sample.name.endswith("_sum"):
-                        seconds[stage] = seconds.get(stage, 0.0) + sample.value
-                    elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.005":
-                        within_5ms[stage] = within_5ms.get(stage, 0.0) + sample.value
-        return {stage: (n, seconds.get(stage, 0.0), n - within_5ms.get(stage, 0.0)) for stage, n in count.items()}
+                        h.sum += sample.value
+                    elif sample.name.endswith("_bucket"):
+                        le = float(sample.labels["le"])
+                        h.buckets[le] = h.buckets.get(le, 0.0) + sample.value
+        return out
 
     def rss_mb(self) -> list[float]:
         out = []
@@ -703,7 +741,7 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     bytes0 = state_bytes(settings)
-    gate0 = procs.gate_totals()
+    hists0 = procs.histograms()
     hop_starts = end_offsets(settings.kafka_bootstrap, [STOCK_OPS, STOCK_REPLIES])
     print(f"  soak: {rate:.0f} orders/s for {args.soak_min} min ({len(wl.events)} payloads)", flush=True)
     step = run_step("soak", len(procs.procs), producer, collector, wl, rate, seconds, max(args.grace, 30))
@@ -711,12 +749,15 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
     sampler.join(15)
     routed = collector.routed(routable_orders(wl))
     hops = hop_anatomy(settings.kafka_bootstrap, hop_starts, wl, routed, collector.seen_at(set(routed)))
-    gate = {}
-    for stage, (n_, secs, slow) in procs.gate_totals().items():
-        b0, s0, slow0 = gate0.get(stage, (0.0, 0.0, 0.0))
-        if n_ - b0 > 0:
-            gate[stage] = {"batches": int(n_ - b0), "mean_ms": round((secs - s0) / (n_ - b0) * 1000, 2),
-                           "over_5ms_pct": round((slow - slow0) / (n_ - b0) * 100, 1)}
+    hists = {name: {label: h.minus(hists0.get(name, {}).get(label)) for label, h in by_label.items()}
+             for name, by_label in procs.histograms().items()}
+    gate = {stage: {"batches": int(h.count), "mean_ms": round(h.sum / h.count * 1000, 2),
+                    "over_5ms_pct": round((h.count - h.buckets.get(0.005, 0.0)) / h.count * 100, 1)}
+            for stage, h in hists["peakroute_effects_gate_seconds"].items() if h.count > 0}
+    waits = {f"{agent}: {what}": h.summary_ms()
+             for name, what in (("peakroute_input_wait_seconds", "Kafka timestamp → batch start"),
+                                ("peakroute_batch_wait_seconds", "in the batch buffer"))
+             for agent, h in sorted(hists[name].items()) if h.count > 0}
     rss = [sum(v) for _, v in samples]
     n = len(rss)
     first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
@@ -738,7 +779,7 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
             # with every disturbance.  (Sum over workers; one worker's Python is bound to one core.)
             "worker_cpu_pct_by_minute": [round((cpu[i + 6] - cpu[i]) / 60 * 100) for i in range(0, len(cpu) - 6, 6)],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1),
-            "effects_gate": gate, "hops": hops}
+            "effects_gate": gate, "hops": hops, "input_waits": waits}
 
 
 def machine() -> dict[str, Any]:
@@ -825,6 +866,12 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                           "  |---|---|---|---|---|---|"]
                 lines += [f"  | {name} | {h['p50_ms']} | {h['p90_ms']} | {h['p99_ms']} | {h['max_ms']} "
                           f"| {h['slowest_1pct_mean_ms']} |" for name, h in hops["hops"].items()]
+            if s.get("input_waits"):
+                lines += ["", "  Each agent's input messages, from their Kafka timestamp to the start of their batch "
+                          "(worker histograms; quantiles interpolated within buckets):", "",
+                          "  | agent: part | messages | mean ms | p50 ms | p99 ms |", "  |---|---|---|---|---|"]
+                lines += [f"  | {what} | {w['n']} | {w['mean_ms']} | {w['p50_ms']} | {w['p99_ms']} |"
+                          for what, w in s["input_waits"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -111,6 +111,10 @@ class Settings:
     #: previous one).  Longer: fatter batches at low rates; under load the previous batch's
     #: processing time does the batching.  Measured (benchmarks/RESULTS.md).
     batch_wait_ms: float = 10.0
+    #: The same wait for a message of the internal topics (stock-ops, stock-replies), which are
+    #: batched already: one message per destination partition per batch upstream, so waiting for
+    #: company gathers less (a batch with such a message goes once it has waited this long).
+    internal_batch_wait_ms: float = 10.0
     #: How an agent's batches wait: ``arrival`` (the wait counts from the batch's oldest message's
     #: arrival, and messages are buffered while the previous batch is processed:
     #: peakroute/streams/batching.py) or ``faust`` (faust's ``take_events``: the whole wait again

@@ -46,6 +46,8 @@ DASHBOARDS: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
         ("Cancel requests/s by warehouse", "sum by (warehouse) (rate(peakroute_fulfillment_requests_total{type=\"cancel_request\"}[5m]))", "ops", "timeseries"),
         ("Per-stage processing time p99", "histogram_quantile(0.99, sum by (le, stage) (rate(peakroute_stage_seconds_bucket[5m])))", "s", "timeseries"),
         ("Effects waiting for the previous writes' acks, p99", "histogram_quantile(0.99, sum by (le, stage) (rate(peakroute_effects_gate_seconds_bucket[5m])))", "s", "timeseries"),
+        ("Input messages: Kafka timestamp → batch start, p99 (lag in time)", "histogram_quantile(0.99, sum by (le, agent) (rate(peakroute_input_wait_seconds_bucket[5m])))", "s", "timeseries"),
+        ("…of which in the batch buffer, p99", "histogram_quantile(0.99, sum by (le, agent) (rate(peakroute_batch_wait_seconds_bucket[5m])))", "s", "timeseries"),
     ]),
     ("peakroute-inventory", "PeakRoute — inventory hot spots", [
         ("Top stock-outs (backordered lines by SKU)", "topk(10, max by (sku) (peakroute_stockout_backorders))", "none", "bargauge"),

@@ -35,6 +35,21 @@ EFFECTS_GATE_SECONDS = Histogram(
     "Time a batch's effects waited for everything sent before them (the previous batches' table writes) "
     "to be acknowledged by Kafka (agents.common.prior_writes_durable)", ["stage"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+INPUT_WAIT_SECONDS = Histogram(
+    "peakroute_input_wait_seconds",
+    "From an input message's Kafka timestamp to the start of the batch an agent handles it in: "
+    "producer linger, broker, fetch, faust's buffers and the batch wait — a lag in time, per message "
+    "(on the raw topics the timestamp is the producer's clock)", ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+             60))
+BATCH_WAIT_SECONDS = Histogram(
+    "peakroute_batch_wait_seconds",
+    "From an input message reaching an agent's batch buffer to the start of its batch: the batch wait "
+    "and the batch processed before it (the rest of peakroute_input_wait_seconds is the way to the "
+    "buffer; PEAKROUTE_BATCHING=arrival only)", ["agent"],
+    # fine around the default 10 ms wait, which most messages of an idle-ish agent wait out
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
+             2.5, 5, 10))
 INGEST_TO_CANONICAL = Histogram(
     "peakroute_ingest_to_canonical_seconds",
     "Raw topic timestamp (ingest) to canonical order emitted",

@@ -136,6 +136,7 @@ def build_app(settings: Settings) -> faust.App:
         return PackedTable(t) if packed else t
 
     wait_s = settings.batch_wait_ms / 1000
+    internal_wait_s = settings.internal_batch_wait_ms / 1000
     check_mode(settings.batching)  # a typo stops the worker here, not inside an agent
     dlq = topic(DLQ)
     stock_ops, stock_replies = topic(STOCK_OPS), topic(STOCK_REPLIES)
@@ -153,14 +154,15 @@ def build_app(settings: Settings) -> faust.App:
     fulfillment.register(app, raws_and_replies=topic(*RAW_TOPICS, STOCK_REPLIES), replies=stock_replies, dlq=dlq,
                          state_table=order_state, network=network, catalog=catalog, views=views,
                          breakers=breakers, breaker_cfg=breaker_cfg, partitions=n, outbox=order_outbox, watch=watch,
-                         batch_wait_s=wait_s, batching=settings.batching)
+                         batch_wait_s=wait_s, batching=settings.batching,
+                         internal_waits={STOCK_REPLIES: internal_wait_s})
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
                      watch=watch)
     order_tables = list(tables)
     levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,
                    holds=table("stock-holds", "order_id|line_id -> reservation"), outbox=stock_outbox,
-                   batch_wait_s=wait_s, batching=settings.batching)
+                   batch_wait_s=internal_wait_s, batching=settings.batching)
     carry_changelogs(app, order_outbox, order_tables)
     carry_changelogs(app, stock_outbox, tables[len(order_tables):])
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)

@@ -28,10 +28,16 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import CancelledError
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from mode.utils.aiter import aiter
+
+from ..metrics import registry as m
+
+#: Called with each batch as it is handed to the agent, and the wall-clock time each of its events
+#: reached the batch buffer (None where that is not known: faust's own batching).
+Observer = Callable[[list[Any], list[float] | None], None]
 
 #: The values of the ``batching`` setting.
 MODES = ("arrival", "faust")
@@ -44,40 +50,80 @@ def check_mode(how: str) -> str:
     return how
 
 
-def batches(stream: Any, max_: int, within: float, how: str = "arrival") -> AsyncIterator[Any]:
+def batches(stream: Any, max_: int, within: float, how: str = "arrival",
+            observe: Observer | None = None, within_by_topic: Mapping[str, float] | None = None) -> AsyncIterator[Any]:
     """The batches of ``stream`` the way the ``batching`` setting says (``arrival``: :func:`take_batches`;
-    ``faust``: faust's own ``take_events``)."""
+    ``faust``: faust's own ``take_events``, which knows no ``within_by_topic``), each shown to
+    ``observe`` as it is handed over."""
     if check_mode(how) == "arrival":
-        return take_batches(stream, max_, within)
-    return stream.take_events(max_, within=within)
+        return take_batches(stream, max_, within, observe, within_by_topic)
+    if observe is None:
+        return stream.take_events(max_, within=within)
+    return _observed(stream.take_events(max_, within=within), observe)
 
 
-async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+async def _observed(batches_: AsyncIterator[list[Any]], observe: Observer) -> AsyncIterator[list[Any]]:
+    async for batch in batches_:
+        observe(batch, None)
+        yield batch
+
+
+def input_wait_observer(agent: str) -> Observer:
+    """An :data:`Observer` that records, per event, ``peakroute_input_wait_seconds`` (its Kafka
+    timestamp → its batch's start) and ``peakroute_batch_wait_seconds`` (its arrival in the buffer →
+    its batch's start): which part of a hop is the way to the agent and which is the batching."""
+    input_wait = m.INPUT_WAIT_SECONDS.labels(agent)
+    batch_wait = m.BATCH_WAIT_SECONDS.labels(agent)
+
+    def observe(batch: list[Any], arrivals: list[float] | None) -> None:
+        now = time.time()
+        for event in batch:
+            stamp = event.message.timestamp
+            if stamp:
+                input_wait.observe(max(0.0, now - stamp))
+        if arrivals is not None:
+            for arrived_at in arrivals:
+                batch_wait.observe(max(0.0, now - arrived_at))
+
+    return observe
+
+
+async def take_batches(stream: Any, max_: int, within: float, observe: Observer | None = None,
+                       within_by_topic: Mapping[str, float] | None = None) -> AsyncIterator[list[Any]]:
     """Yield lists of at most ``max_`` events of ``stream``: each as soon as it is full, or once its
-    oldest event has waited ``within`` seconds (see the module's docstring).  Acks each batch's
-    events after the consumer of this generator asks for the next batch."""
+    oldest event has waited ``within`` seconds (see the module's docstring) — or, for an event of a
+    topic in ``within_by_topic``, that topic's wait: a batch goes when any of its events has waited
+    its own wait out.  Acks each batch's events after the consumer of this generator asks for the
+    next batch."""
     events: list[Any] = []
-    oldest = 0.0  # time.monotonic() when the oldest buffered event arrived
+    arrivals: list[float] = []  # time.time() when each of ``events`` arrived (for ``observe``)
+    due = 0.0  # time.monotonic() by which the buffered events must be handed over
     arrived = asyncio.Event()  # the buffer went from empty to non-empty
-    full = asyncio.Event()  # the buffer holds max_ events
+    wake = asyncio.Event()  # look again: the buffer holds max_ events, or its batch is due sooner
     room = asyncio.Event()  # the buffer was handed over: adding may go on
     room.set()
 
     async def add_to_buffer(value: Any) -> Any:
-        nonlocal oldest
+        nonlocal due
         try:
             event = stream.current_event
             if event is None:
                 raise RuntimeError("take_batches found current_event is None")
+            wait = within if within_by_topic is None else within_by_topic.get(event.message.topic, within)
             if not events:
-                oldest = time.monotonic()
+                due = time.monotonic() + wait
                 arrived.set()
+            elif time.monotonic() + wait < due:
+                due = time.monotonic() + wait
+                wake.set()  # the batch is due sooner than the loop is waiting for
             events.append(event)
+            if observe is not None:
+                arrivals.append(time.time())
             if len(events) >= max_:
                 # Strict: a batch never holds more than max_ events; this processor (and so the
                 # stream) waits until the full buffer is handed over.
                 room.clear()
-                full.set()
+                wake.set()
                 await stream.wait(room)
         except CancelledError:  # pragma: no cover
             raise
@@ -95,13 +141,16 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             arrived.clear()
             await stream.wait(arrived)  # returns early if the stream stops (checked above)
             continue
-        left = oldest + within - time.monotonic()
+        left = due - time.monotonic()
         if left > 0 and len(events) < max_:
-            full.clear()
+            wake.clear()
             # (mode reports a timeout as "stopped": the loop's condition is what tells)
-            await stream.wait(full, timeout=left)
-            continue  # full, or the oldest event has waited long enough: look again
+            await stream.wait(wake, timeout=left)
+            continue  # full, due, or due sooner: look again
         batch, events = events, []
+        if observe is not None:
+            observe(batch, arrivals)
+            arrivals = []
         room.set()
         try:
             yield batch

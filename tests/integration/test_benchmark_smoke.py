@@ -20,7 +20,7 @@ def test_drain_benchmark_smoke() -> None:
 def test_loadtest_smoke() -> None:
     """Open-loop load test, smoke mode: one short step, the ceiling, a few seconds of soak, the
     hot-SKU run and its audit — it must run end to end and write its report, the soak's effects gate
-    waits and its hop-by-hop latency included.  A worker setting
+    waits, its hop-by-hop latency and each agent's input wait included.  A worker setting
     (``--worker-env``, the default value here) must reach the workers without breaking them."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--smoke",
                           "--worker-env", "PEAKROUTE_BATCH_WAIT_MS=10"],
@@ -33,6 +33,10 @@ def test_loadtest_smoke() -> None:
     assert "'fulfillment effects': {'batches'" in report and "'stock replies': {'batches'" in report, report[-2000:]
     # ... and traces where its latency went, hop by hop, through stock-ops and stock-replies.
     assert "Where the soak's latency goes" in report and "→ SKU owner's replies sent |" in report, report[-2000:]
+    # ... and each agent's input wait, and the part of it in the batch buffer, from the workers' histograms.
+    for part in ("| fulfillment: Kafka timestamp → batch start |", "| stock: Kafka timestamp → batch start |",
+                 "| fulfillment: in the batch buffer |", "| stock: in the batch buffer |"):
+        assert part in report, report[-2000:]
 
 
 def test_floor_benchmark_smoke() -> None:

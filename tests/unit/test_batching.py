@@ -9,7 +9,8 @@ import time
 import faust
 import pytest
 
-from peakroute.streams.batching import batches, take_batches
+from peakroute.metrics import registry as m
+from peakroute.streams.batching import batches, input_wait_observer, take_batches
 
 
 def _stream() -> tuple[faust.ChannelT, faust.StreamT, list[object]]:
@@ -28,15 +29,22 @@ def _stream() -> tuple[faust.ChannelT, faust.StreamT, list[object]]:
 
 
 async def _run(take: str, schedule: list[tuple[float, int]], *, max_: int, within: float, work_s: float,
-               until: float) -> list[tuple[list[int], float, list[object]]]:
+               until: float, observe=None, within_by_topic=None) -> list[tuple[list[int], float, list[object]]]:
     """Send ``schedule``'s values at their times; each batch "works" ``work_s``.  Returns each
-    batch's values, when it was handed over (s after the start) and what had been acked by then."""
+    batch's values, when it was handed over (s after the start) and what had been acked by then.
+    With ``within_by_topic``, odd values come from topic "internal", even ones from "raw"."""
     channel, stream, acked = _stream()
+    if within_by_topic is not None:
+        def tag(value: int) -> int:
+            stream.current_event.message.topic = "internal" if value % 2 else "raw"
+            return value
+
+        stream.add_processor(tag)  # runs before the batch buffer's own processor
     got: list[tuple[list[int], float, list[object]]] = []
     t0 = time.monotonic()
 
     async def consume() -> None:
-        async for batch in batches(stream, max_, within, take):
+        async for batch in batches(stream, max_, within, take, observe, within_by_topic):
             got.append(([e.value for e in batch], time.monotonic() - t0, list(acked)))
             await asyncio.sleep(work_s)
 
@@ -83,6 +91,17 @@ def test_at_most_max_per_batch_handed_over_when_full_and_acked_only_after_proces
     assert got[0][2] == [] and got[1][2] == [0, 1, 2]  # acked after processing, not before
 
 
+def test_a_message_of_an_already_batched_topic_waits_its_own_shorter_wait() -> None:
+    """Raw payloads (even values) wait up to 0.6 s for company; an internal message (odd) only
+    0.1 s, and the batch it joins goes when it is due: 0 (t=0) goes with 1 (t=0.2) at ~0.3, not 0.6."""
+    got = asyncio.run(_run("arrival", [(0.0, 0), (0.2, 1), (1.0, 2), (2.0, 3)], max_=10, within=0.6, work_s=0.0,
+                           until=2.6, within_by_topic={"internal": 0.1}))
+    assert [values for values, _, _ in got] == [[0, 1], [2], [3]]
+    assert got[0][1] == pytest.approx(0.3, abs=0.1)
+    assert got[1][1] == pytest.approx(1.6, abs=0.15)  # a raw payload alone waits its 0.6 s
+    assert got[2][1] == pytest.approx(2.1, abs=0.1)  # an internal message alone waits 0.1 s
+
+
 def test_an_unknown_batching_setting_is_refused() -> None:
     _, stream, _ = _stream()
     with pytest.raises(ValueError, match="PEAKROUTE_BATCHING"):
@@ -104,3 +123,54 @@ def test_the_worker_refuses_an_unknown_batching_setting_at_start(tmp_path) -> No
     settings = replace(Settings(), kafka_bootstrap="127.0.0.1:1", state_dir=str(tmp_path), batching="eager")
     with pytest.raises(ValueError, match="PEAKROUTE_BATCHING must be arrival or faust"):
         build_app(settings)
+
+
+def _observations(take: str, schedule: list[tuple[float, int]], **kw) -> list[tuple[list[int], float, list[float] | None]]:
+    seen: list[tuple[list[int], float, list[float] | None]] = []
+
+    def observe(batch, arrivals):
+        seen.append(([e.value for e in batch], time.time(), arrivals))
+
+    asyncio.run(_run(take, schedule, observe=observe, **kw))
+    return seen
+
+
+def test_each_batch_is_observed_with_when_its_events_arrived() -> None:
+    """The observer sees each batch as it is handed over, with each event's arrival in the buffer:
+    0 waited its batch's 0.4 s, 1 arrived 0.2 s later; 2 arrived during the first batch's work."""
+    seen = _observations("arrival", [(0.0, 0), (0.2, 1), (0.6, 2)], max_=10, within=0.4, work_s=0.8, until=2.6)
+    assert [values for values, _, _ in seen] == [[0, 1], [2]]
+    (_, handed, arrivals), (_, handed2, arrivals2) = seen
+    assert [handed - a for a in arrivals] == [pytest.approx(0.4, abs=0.1), pytest.approx(0.2, abs=0.1)]
+    assert handed2 - arrivals2[0] == pytest.approx(0.6, abs=0.15)  # 0.6 → 1.2, the end of the work
+    # faust's batching does not say when an event arrived
+    assert [arrivals for _, _, arrivals in _observations("faust", [(0.0, 0)], max_=10, within=0.1, work_s=0.0,
+                                                          until=0.5)] == [None]
+
+
+def test_the_input_wait_observer_records_kafka_time_and_buffer_time_per_event() -> None:
+    class Message:
+        def __init__(self, timestamp):
+            self.timestamp = timestamp
+
+    class Event:
+        def __init__(self, timestamp):
+            self.message = Message(timestamp)
+
+    def counts() -> tuple[float, float, float, float]:
+        def of(hist, name):
+            sample = {s.name: s.value for metric in hist.collect() for s in metric.samples
+                      if s.labels.get("agent") == "t-observer"}
+            return sample.get(f"{name}_count", 0.0), sample.get(f"{name}_sum", 0.0)
+        return (*of(m.INPUT_WAIT_SECONDS, "peakroute_input_wait_seconds"),
+                *of(m.BATCH_WAIT_SECONDS, "peakroute_batch_wait_seconds"))
+
+    observe = input_wait_observer("t-observer")
+    now = time.time()
+    observe([Event(now - 2.0), Event(None), Event(now - 1.0)], [now - 0.5, now - 0.25, now])
+    n_input, s_input, n_batch, s_batch = counts()
+    assert n_input == 2  # an event without a Kafka timestamp is not counted
+    assert s_input == pytest.approx(3.0, abs=0.2)
+    assert n_batch == 3 and s_batch == pytest.approx(0.75, abs=0.2)
+    observe([Event(now - 1.0)], None)  # faust's batching: no arrivals, input wait only
+    assert counts()[0] == 3 and counts()[2] == 3
