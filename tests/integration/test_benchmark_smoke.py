@@ -33,6 +33,7 @@ def test_loadtest_smoke() -> None:
     assert "'fulfillment effects': {'batches'" in report and "'stock replies': {'batches'" in report, report[-2000:]
     # ... and traces where its latency went, hop by hop, through stock-ops and stock-replies.
     assert "Where the soak's latency goes" in report and "→ SKU owner's replies sent |" in report, report[-2000:]
+    assert "**held: " in report, report[-2000:]  # the soak's verdict counts the latency trend too
     # ... and each agent's input wait, and the part of it in the batch buffer, from the workers' histograms.
     for part in ("| fulfillment: Kafka timestamp → batch start |", "| stock: Kafka timestamp → batch start |",
                  "| fulfillment: in the batch buffer |", "| stock: in the batch buffer |"):
