@@ -295,8 +295,10 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
 # ------------------------------------------------------------------------------------------------
 
 #: The worker histograms the soak reports: the effects gate per stage, and per agent the wait of
-#: its input messages (Kafka timestamp → batch start) and the part of it spent in the batch buffer.
-WORKER_HISTOGRAMS = ("peakroute_effects_gate_seconds", "peakroute_input_wait_seconds", "peakroute_batch_wait_seconds")
+#: its input messages (Kafka timestamp → batch start), the part of it spent in the batch buffer, and
+#: its batches' time and size.
+WORKER_HISTOGRAMS = ("peakroute_effects_gate_seconds", "peakroute_input_wait_seconds", "peakroute_batch_wait_seconds",
+                     "peakroute_batch_seconds", "peakroute_batch_size")
 
 
 @dataclass
@@ -313,11 +315,12 @@ class Hist:
         return Hist(self.count - before.count, self.sum - before.sum,
                     {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()})
 
-    def quantile(self, q: float) -> float:
-        """As Prometheus' histogram_quantile: linear within the bucket that holds the q-th value."""
+    def quantile(self, q: float, least: float = 0.0) -> float:
+        """As Prometheus' histogram_quantile: linear within the bucket that holds the q-th value
+        (``least``: the smallest possible value, where the first bucket starts; 1 for batch sizes)."""
         if self.count <= 0:
             return float("nan")
-        rank, lower, below = q * self.count, 0.0, 0.0
+        rank, lower, below = q * self.count, least, 0.0
         for le in sorted(self.buckets):
             n = self.buckets[le]
             if n >= rank:
@@ -758,6 +761,11 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
              for name, what in (("peakroute_input_wait_seconds", "Kafka timestamp → batch start"),
                                 ("peakroute_batch_wait_seconds", "in the batch buffer"))
              for agent, h in sorted(hists[name].items()) if h.count > 0}
+    agent_batches = {agent: {"batches": int(h.count), "mean_size": round(h.sum / h.count, 1),
+                             "p50_size": round(h.quantile(0.5, 1.0), 1), "p99_size": round(h.quantile(0.99, 1.0), 1),
+                             **{f"{k}_batch": v for k, v in hists["peakroute_batch_seconds"].get(
+                                 agent, Hist()).summary_ms().items() if k != "n"}}
+                     for agent, h in sorted(hists["peakroute_batch_size"].items()) if h.count > 0}
     rss = [sum(v) for _, v in samples]
     n = len(rss)
     first = sum(rss[: max(1, n // 10)]) / max(1, n // 10)
@@ -779,7 +787,8 @@ def soak(args: argparse.Namespace, catalog: Catalog, settings: Settings, produce
             # with every disturbance.  (Sum over workers; one worker's Python is bound to one core.)
             "worker_cpu_pct_by_minute": [round((cpu[i + 6] - cpu[i]) / 60 * 100) for i in range(0, len(cpu) - 6, 6)],
             "changelog_bytes_per_order": round((state_bytes(settings) - bytes0) / max(1, step.new_orders), 1),
-            "effects_gate": gate, "hops": hops, "input_waits": waits, "held": soak_held(step)}
+            "effects_gate": gate, "hops": hops, "input_waits": waits, "batches": agent_batches,
+            "held": soak_held(step)}
 
 
 def soak_held(step: Step) -> bool:
@@ -884,6 +893,13 @@ def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple
                           "  | agent: part | messages | mean ms | p50 ms | p99 ms |", "  |---|---|---|---|---|"]
                 lines += [f"  | {what} | {w['n']} | {w['mean_ms']} | {w['p50_ms']} | {w['p99_ms']} |"
                           for what, w in s["input_waits"].items()]
+            if s.get("batches"):
+                lines += ["", "  Each agent's batches (from its start until the agent asks for the next one):", "",
+                          "  | agent | batches | size mean / p50 / p99 | time mean / p50 / p99 ms |",
+                          "  |---|---|---|---|"]
+                lines += [f"  | {agent} | {b['batches']} | {b['mean_size']} / {b['p50_size']} / {b['p99_size']} "
+                          f"| {b['mean_ms_batch']} / {b['p50_ms_batch']} / {b['p99_ms_batch']} |"
+                          for agent, b in s["batches"].items()]
     return "\n".join(lines) + "\n"
 
 

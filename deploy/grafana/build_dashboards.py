@@ -48,6 +48,8 @@ DASHBOARDS: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
         ("Effects waiting for the previous writes' acks, p99", "histogram_quantile(0.99, sum by (le, stage) (rate(peakroute_effects_gate_seconds_bucket[5m])))", "s", "timeseries"),
         ("Input messages: Kafka timestamp → batch start, p99 (lag in time)", "histogram_quantile(0.99, sum by (le, agent) (rate(peakroute_input_wait_seconds_bucket[5m])))", "s", "timeseries"),
         ("…of which in the batch buffer, p99", "histogram_quantile(0.99, sum by (le, agent) (rate(peakroute_batch_wait_seconds_bucket[5m])))", "s", "timeseries"),
+        ("Batch time p99 by agent (longer as a worker falls behind)", "histogram_quantile(0.99, sum by (le, agent) (rate(peakroute_batch_seconds_bucket[5m])))", "s", "timeseries"),
+        ("Messages per batch by agent (mean)", "sum by (agent) (rate(peakroute_batch_size_sum[5m])) / sum by (agent) (rate(peakroute_batch_size_count[5m]))", "none", "timeseries"),
     ]),
     ("peakroute-inventory", "PeakRoute — inventory hot spots", [
         ("Top stock-outs (backordered lines by SKU)", "topk(10, max by (sku) (peakroute_stockout_backorders))", "none", "bargauge"),

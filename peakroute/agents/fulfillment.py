@@ -37,7 +37,7 @@ from ..domain.dedup import OrderVersion
 from ..domain.fulfillment import DECIDED_EARLY, Effects, OrderRouter, StockView, Watchlist
 from ..domain.network import Network
 from ..metrics import registry as m
-from ..streams.batching import batches, input_wait_observer
+from ..streams.batching import BatchMetrics, batches
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import ORDER_EVENTS, ORDERS, REVIEW, STOCK_OPS, fulfillment_topic
@@ -267,11 +267,11 @@ def register(app: faust.App, *, raws_and_replies: faust.TopicT, replies: faust.T
             m.INGEST_TO_CANONICAL.observe(max(0.0, time.time() - msg.timestamp))
         return out.order, out.version.to_dict()
 
-    input_wait = input_wait_observer("fulfillment")
+    batch_metrics = BatchMetrics("fulfillment")
 
     @app.agent(raws_and_replies, name="fulfillment")
     async def fulfillment_agent(stream: faust.StreamT) -> None:
-        async for batch in batches(stream, BATCH_MAX, batch_wait_s, batching, input_wait, internal_waits):
+        async for batch in batches(stream, BATCH_MAX, batch_wait_s, batching, batch_metrics, internal_waits):
             started = time.perf_counter()
             events = owned_events(app, batch, "fulfillment")
             if not events:

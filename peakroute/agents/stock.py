@@ -19,7 +19,7 @@ import orjson
 
 from ..domain.ledger import Ledger, apply_ops, hold_key, is_shipped, reserved_drift
 from ..metrics import registry as m
-from ..streams.batching import batches, input_wait_observer
+from ..streams.batching import BatchMetrics, batches
 from ..streams.codecs import dumps
 from ..streams.outbox import Outbox
 from ..streams.topics import STOCK_REPLIES
@@ -83,12 +83,12 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 m.RESERVED_REDERIVED.inc()
                 log.warning("stock level %s: reserved %d re-derived from its holds as %d", key, old, reserved)
 
-    input_wait = input_wait_observer("stock")
+    batch_metrics = BatchMetrics("stock")
 
     @app.agent(stock_ops, name="stock")
     async def stock_agent(stream: faust.StreamT) -> None:
         nonlocal drift
-        async for batch in batches(stream, BATCH_MAX, batch_wait_s, batching, input_wait):
+        async for batch in batches(stream, BATCH_MAX, batch_wait_s, batching, batch_metrics):
             started = time.perf_counter()
             events = owned_events(app, batch, "stock")
             if not events:

@@ -50,6 +50,14 @@ BATCH_WAIT_SECONDS = Histogram(
     # fine around the default 10 ms wait, which most messages of an idle-ish agent wait out
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
              2.5, 5, 10))
+BATCH_SECONDS = Histogram(
+    "peakroute_batch_seconds",
+    "An agent's batch, from its start until the agent asks for the next: decoding, planning, Redis, "
+    "the effects gate and the flush (the wait of every message that arrived meanwhile)", ["agent"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCH_SIZE = Histogram(
+    "peakroute_batch_size", "Messages per batch of an agent (at most 500): batches grow as it falls behind",
+    ["agent"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 INGEST_TO_CANONICAL = Histogram(
     "peakroute_ingest_to_canonical_seconds",
     "Raw topic timestamp (ingest) to canonical order emitted",

@@ -15,6 +15,12 @@ processing time did the batching); an idle worker still gathers for ``within`` f
 message.  Measured (benchmarks/RESULTS.md, 2026-12-05): p99 at 400 orders/s 262–303 → 187–245 ms,
 ~3 points more worker CPU; 800 orders/s held either way.
 
+Messages of the internal topics (stock-ops, stock-replies) are batched upstream already (one per
+destination partition per batch), so they may have a wait of their own (``within_by_topic``,
+setting ``internal_batch_wait_ms``): a batch goes once any of its events has waited its own wait.
+Each batch can be shown to an :class:`Observer` (the agents' :class:`BatchMetrics`: input wait,
+buffer wait, batch time and size).
+
 Rebalances: the events buffered during a batch are delivered and unacked until their own batch is
 done, like those in faust's own take buffer, so a revocation waits for them (faust's
 ``wait_empty``) and they are processed and committed before the partitions are given up — where
@@ -28,16 +34,23 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import CancelledError
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 from mode.utils.aiter import aiter
 
 from ..metrics import registry as m
 
-#: Called with each batch as it is handed to the agent, and the wall-clock time each of its events
-#: reached the batch buffer (None where that is not known: faust's own batching).
-Observer = Callable[[list[Any], list[float] | None], None]
+
+class Observer(Protocol):
+    """Told about each batch: when it is handed to the agent (with the wall-clock time each of its
+    events reached the batch buffer, or None where that is not known: faust's own batching) and
+    when the agent is done with it (asks for the next)."""
+
+    def handed(self, batch: list[Any], arrivals: list[float] | None) -> None: ...
+
+    def done(self, batch: list[Any], seconds: float) -> None: ...
+
 
 #: The values of the ``batching`` setting.
 MODES = ("arrival", "faust")
@@ -64,28 +77,38 @@ def batches(stream: Any, max_: int, within: float, how: str = "arrival",
 
 async def _observed(batches_: AsyncIterator[list[Any]], observe: Observer) -> AsyncIterator[list[Any]]:
     async for batch in batches_:
-        observe(batch, None)
+        observe.handed(batch, None)
+        started = time.perf_counter()
         yield batch
+        observe.done(batch, time.perf_counter() - started)
 
 
-def input_wait_observer(agent: str) -> Observer:
-    """An :data:`Observer` that records, per event, ``peakroute_input_wait_seconds`` (its Kafka
+class BatchMetrics:
+    """The :class:`Observer` the agents use: per event, ``peakroute_input_wait_seconds`` (its Kafka
     timestamp → its batch's start) and ``peakroute_batch_wait_seconds`` (its arrival in the buffer →
-    its batch's start): which part of a hop is the way to the agent and which is the batching."""
-    input_wait = m.INPUT_WAIT_SECONDS.labels(agent)
-    batch_wait = m.BATCH_WAIT_SECONDS.labels(agent)
+    its batch's start) — which part of a hop is the way to the agent and which is the batching —;
+    per batch, ``peakroute_batch_seconds`` and ``peakroute_batch_size`` (batches grow and last longer
+    as an agent falls behind)."""
 
-    def observe(batch: list[Any], arrivals: list[float] | None) -> None:
+    def __init__(self, agent: str) -> None:
+        self.input_wait = m.INPUT_WAIT_SECONDS.labels(agent)
+        self.batch_wait = m.BATCH_WAIT_SECONDS.labels(agent)
+        self.batch_seconds = m.BATCH_SECONDS.labels(agent)
+        self.batch_size = m.BATCH_SIZE.labels(agent)
+
+    def handed(self, batch: list[Any], arrivals: list[float] | None) -> None:
         now = time.time()
         for event in batch:
             stamp = event.message.timestamp
             if stamp:
-                input_wait.observe(max(0.0, now - stamp))
+                self.input_wait.observe(max(0.0, now - stamp))
         if arrivals is not None:
             for arrived_at in arrivals:
-                batch_wait.observe(max(0.0, now - arrived_at))
+                self.batch_wait.observe(max(0.0, now - arrived_at))
+        self.batch_size.observe(len(batch))
 
-    return observe
+    def done(self, batch: list[Any], seconds: float) -> None:
+        self.batch_seconds.observe(seconds)
 
 
 async def take_batches(stream: Any, max_: int, within: float, observe: Observer | None = None,
@@ -149,11 +172,14 @@ async def take_batches(stream: Any, max_: int, within: float, observe: Observer 
             continue  # full, due, or due sooner: look again
         batch, events = events, []
         if observe is not None:
-            observe(batch, arrivals)
+            observe.handed(batch, arrivals)
             arrivals = []
         room.set()
+        started = time.perf_counter()
         try:
             yield batch
         finally:
+            if observe is not None:
+                observe.done(batch, time.perf_counter() - started)
             for event in batch:
                 await stream.ack(event)

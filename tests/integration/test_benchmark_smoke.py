@@ -38,6 +38,7 @@ def test_loadtest_smoke() -> None:
     for part in ("| fulfillment: Kafka timestamp → batch start |", "| stock: Kafka timestamp → batch start |",
                  "| fulfillment: in the batch buffer |", "| stock: in the batch buffer |"):
         assert part in report, report[-2000:]
+    assert "Each agent's batches" in report and "| fulfillment | " in report and "| stock | " in report, report[-2000:]
 
 
 def test_floor_benchmark_smoke() -> None:

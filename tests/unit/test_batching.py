@@ -10,7 +10,7 @@ import faust
 import pytest
 
 from peakroute.metrics import registry as m
-from peakroute.streams.batching import batches, input_wait_observer, take_batches
+from peakroute.streams.batching import BatchMetrics, batches, take_batches
 
 
 def _stream() -> tuple[faust.ChannelT, faust.StreamT, list[object]]:
@@ -125,14 +125,22 @@ def test_the_worker_refuses_an_unknown_batching_setting_at_start(tmp_path) -> No
         build_app(settings)
 
 
+class _Recorder:
+    def __init__(self) -> None:
+        self.handed_over: list[tuple[list[int], float, list[float] | None]] = []
+        self.done_with: list[tuple[list[int], float]] = []
+
+    def handed(self, batch, arrivals) -> None:
+        self.handed_over.append(([e.value for e in batch], time.time(), arrivals))
+
+    def done(self, batch, seconds) -> None:
+        self.done_with.append(([e.value for e in batch], seconds))
+
+
 def _observations(take: str, schedule: list[tuple[float, int]], **kw) -> list[tuple[list[int], float, list[float] | None]]:
-    seen: list[tuple[list[int], float, list[float] | None]] = []
-
-    def observe(batch, arrivals):
-        seen.append(([e.value for e in batch], time.time(), arrivals))
-
-    asyncio.run(_run(take, schedule, observe=observe, **kw))
-    return seen
+    recorder = _Recorder()
+    asyncio.run(_run(take, schedule, observe=recorder, **kw))
+    return recorder.handed_over
 
 
 def test_each_batch_is_observed_with_when_its_events_arrived() -> None:
@@ -148,7 +156,17 @@ def test_each_batch_is_observed_with_when_its_events_arrived() -> None:
                                                           until=0.5)] == [None]
 
 
-def test_the_input_wait_observer_records_kafka_time_and_buffer_time_per_event() -> None:
+def test_the_observer_hears_when_the_agent_is_done_with_a_batch() -> None:
+    """``done`` comes when the agent asks for the next batch: after its 0.3 s of work, both ways."""
+    for take in ("arrival", "faust"):
+        recorder = _Recorder()
+        asyncio.run(_run(take, [(0.0, 0), (0.0, 1), (0.8, 2)], max_=10, within=0.1, work_s=0.3, until=1.8,
+                         observe=recorder))
+        assert [values for values, _ in recorder.done_with] == [[0, 1], [2]], take
+        assert [seconds for _, seconds in recorder.done_with] == [pytest.approx(0.3, abs=0.1)] * 2, take
+
+
+def test_batch_metrics_record_kafka_time_and_buffer_time_per_event_and_size_and_time_per_batch() -> None:
     class Message:
         def __init__(self, timestamp):
             self.timestamp = timestamp
@@ -165,12 +183,19 @@ def test_the_input_wait_observer_records_kafka_time_and_buffer_time_per_event() 
         return (*of(m.INPUT_WAIT_SECONDS, "peakroute_input_wait_seconds"),
                 *of(m.BATCH_WAIT_SECONDS, "peakroute_batch_wait_seconds"))
 
-    observe = input_wait_observer("t-observer")
+    observer = BatchMetrics("t-observer")
     now = time.time()
-    observe([Event(now - 2.0), Event(None), Event(now - 1.0)], [now - 0.5, now - 0.25, now])
+    observer.handed([Event(now - 2.0), Event(None), Event(now - 1.0)], [now - 0.5, now - 0.25, now])
     n_input, s_input, n_batch, s_batch = counts()
     assert n_input == 2  # an event without a Kafka timestamp is not counted
     assert s_input == pytest.approx(3.0, abs=0.2)
     assert n_batch == 3 and s_batch == pytest.approx(0.75, abs=0.2)
-    observe([Event(now - 1.0)], None)  # faust's batching: no arrivals, input wait only
+    observer.handed([Event(now - 1.0)], None)  # faust's batching: no arrivals, input wait only
     assert counts()[0] == 3 and counts()[2] == 3
+    observer.done([Event(now)], 0.25)
+    sizes = {s.name: s.value for metric in m.BATCH_SIZE.collect() for s in metric.samples
+             if s.labels.get("agent") == "t-observer"}
+    assert sizes["peakroute_batch_size_count"] == 2 and sizes["peakroute_batch_size_sum"] == 4
+    seconds = {s.name: s.value for metric in m.BATCH_SECONDS.collect() for s in metric.samples
+               if s.labels.get("agent") == "t-observer"}
+    assert seconds["peakroute_batch_seconds_count"] == 1 and seconds["peakroute_batch_seconds_sum"] == 0.25
