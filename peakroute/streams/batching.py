@@ -67,7 +67,7 @@ def batches(stream: Any, max_: int, within: float, how: str = "arrival",
             observe: Observer | None = None, within_by_topic: Mapping[str, float] | None = None) -> AsyncIterator[Any]:
     """The batches of ``stream`` the way the ``batching`` setting says (``arrival``: :func:`take_batches`;
     ``faust``: faust's own ``take_events``, which knows no ``within_by_topic``), each shown to
-    ``observe`` as it is handed over."""
+    ``observe`` as it is handed over and when the agent is done with it."""
     if check_mode(how) == "arrival":
         return take_batches(stream, max_, within, observe, within_by_topic)
     if observe is None:
