@@ -115,10 +115,6 @@ class Settings:
     #: batched already: one message per destination partition per batch upstream, so waiting for
     #: company gathers less (a batch with such a message goes once it has waited this long).
     internal_batch_wait_ms: float = 10.0
-    #: linger.ms of the workers' outbox producers (peakroute/streams/outbox.py).  A batch's effects
-    #: are flushed at once whatever it is; what lingers is the batch's table writes, which the next
-    #: batch's effects gate waits for (agents.common.prior_writes_durable).
-    outbox_linger_ms: float = 5.0
     #: How an agent's batches wait: ``arrival`` (the wait counts from the batch's oldest message's
     #: arrival, and messages are buffered while the previous batch is processed:
     #: peakroute/streams/batching.py) or ``faust`` (faust's ``take_events``: the whole wait again

@@ -116,9 +116,8 @@ def build_app(settings: Settings) -> faust.App:
     # producer per agent that keeps tables, so that an agent's effects wait (prior_writes_durable)
     # for its own earlier writes only, not for the other agent's sends in flight (measured:
     # benchmarks/RESULTS.md, "effects gate").
-    linger = {"linger.ms": settings.outbox_linger_ms}
-    order_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-orders", **linger})
-    stock_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-stock", **linger})
+    order_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-orders"})
+    stock_outbox = Outbox(settings.kafka_bootstrap, **{"client.id": "peakroute-worker-stock"})
     tables: list[Any] = []
 
     def topic(*names: str) -> faust.TopicT:
