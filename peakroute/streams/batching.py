@@ -133,11 +133,12 @@ async def take_batches(stream: Any, max_: int, within: float, observe: Observer 
             if event is None:
                 raise RuntimeError("take_batches found current_event is None")
             wait = within if within_by_topic is None else within_by_topic.get(event.message.topic, within)
+            event_due = time.monotonic() + wait
             if not events:
-                due = time.monotonic() + wait
+                due = event_due
                 arrived.set()
-            elif time.monotonic() + wait < due:
-                due = time.monotonic() + wait
+            elif event_due < due:
+                due = event_due
                 wake.set()  # the batch is due sooner than the loop is waiting for
             events.append(event)
             if observe is not None:
