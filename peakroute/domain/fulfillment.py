@@ -234,13 +234,22 @@ class OrderRouter:
                     state["status"] = SHIPPED
                     fx.events.append(_event(oid, "shipped", now))
             return state, fx
-        if outcome == "evicted":
-            if not this_plan or state["holds"].get(line_id) != [reply["warehouse"], attempt]:
+        held_by_plan = this_plan and state["holds"].get(line_id) == [reply["warehouse"], attempt]
+        if outcome == "evicted" or (outcome == "refused" and held_by_plan):
+            # "refused" for a line this plan holds: the SKU owner has no hold for it any more.  A
+            # SKU owner killed while its batch's table writes were on their way reads the batch
+            # again on the records that did land, and can then refuse a line it had confirmed
+            # (another line took the units first this time).  Its latest word is the truth: the
+            # line is lost as if evicted, and the order is re-planned.
+            if not held_by_plan:
                 return state, fx
-            state = {**state, "holds": {k: v for k, v in state["holds"].items() if k != line_id}}
-            fx.events.append(_event(oid, "oversold", now, line_id=line_id, warehouse=reply["warehouse"],
-                                    qty=reply.get("qty", 0)))
-            state, more = self._unwind(state, now, "oversold")
+            oversold = outcome == "evicted"
+            # The line's hold stays in the state for the unwind to release: a no-op normally (the
+            # SKU owner dropped it), but a SKU owner that read a torn batch again may have evicted
+            # another hold this time and still keep this one.
+            fx.events.append(_event(oid, "oversold" if oversold else "reservation_lost", now, line_id=line_id,
+                                    warehouse=reply["warehouse"], qty=reply.get("qty", 0)))
+            state, more = self._unwind(state, now, "oversold" if oversold else "reservation_lost")
             fx.extend(more)
             state, more = self._start_attempt(state, view, now)
             fx.extend(more)

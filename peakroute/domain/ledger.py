@@ -209,11 +209,12 @@ class Ledger:
         level_has_it = position != NO_POSITION and self.applied_at(held.sku, held.warehouse) >= position
         on_hand, reserved, safety = self.level(held.sku, held.warehouse)
         if is_shipped(existing):
-            # The tombstone landed; did its level?  (Re-derived ``reserved`` already excludes it.)
+            # The tombstone landed; did its level?  If not, re-derived ``reserved`` still counts
+            # it (see reserved_drift): both come down now.
             at = (int(existing["x"][0]), int(existing["x"][1]))
             if at == NO_POSITION or self.applied_at(held.sku, held.warehouse) >= at:
                 return None
-            self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), reserved, safety)
+            self._put(held.sku, held.warehouse, max(0, on_hand - held.qty), max(0, reserved - held.qty), safety)
             self.mark_applied(held.sku, held.warehouse, at)
             return None
         if level_has_it:
@@ -240,6 +241,11 @@ class Ledger:
             return []
         return self._evict(sku, warehouse)
 
+    def evict_excess(self, sku: str, warehouse: str) -> list[Hold]:
+        """Evict holds only if more is held than the level allows (none when it holds)."""
+        on_hand, reserved, safety = self.level(sku, warehouse)
+        return [] if reserved <= on_hand - safety else self._evict(sku, warehouse)
+
     def _evict(self, sku: str, warehouse: str) -> list[Hold]:
         """Release the most recently paid holds until reserved <= on_hand - safety again."""
         mine = sorted((Hold.from_dict(h) for h in live_holds(self.holds)
@@ -255,6 +261,12 @@ class Ledger:
         return evicted
 
 
+def _evicted(held: Hold) -> dict:
+    return {"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id, "sku": held.sku,
+            "warehouse": held.warehouse, "attempt": held.attempt, "qty": held.qty, "reply_to": held.reply_to,
+            "plan": held.plan}
+
+
 def reserved_drift(levels: Levels, holds: Holds) -> dict[str, int]:
     """``level_key -> reserved`` as its hold records add up, for every level that disagrees.
 
@@ -267,8 +279,17 @@ def reserved_drift(levels: Levels, holds: Holds) -> dict[str, int]:
     a surviving one is confirmed without counting it again).
     """
     sums: dict[str, int] = {}
-    for h in live_holds(holds):
+    for h in holds.values():
         key = level_key(h["s"], h["w"])
+        if "x" in h:
+            # A shipped tombstone whose level did not take the shipment (a torn batch): its units
+            # are still in the level's on-hand and still promised; counted until the shipment is
+            # re-applied (Ledger.ship), or a reservation read again first would sell them twice.
+            v = levels.get(key)
+            applied = (int(v[3]), int(v[4])) if v and len(v) > 4 else NO_POSITION
+            shipped_at = (int(h["x"][0]), int(h["x"][1]))
+            if shipped_at == NO_POSITION or applied >= shipped_at:
+                continue
         sums[key] = sums.get(key, 0) + int(h["q"])
     drift = {k: sums.get(k, 0) for k, v in levels.items() if v[1] != sums.get(k, 0)}
     drift.update({k: n for k, n in sums.items() if k not in levels and n})
@@ -314,8 +335,19 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
         elif kind == "stock":
             if source_offset is not None:
                 position = (source_offset, index)
-                if ledger.applied_at(op["sku"], op["warehouse"]) >= position:
-                    continue  # this very change, read again after a restart
+                applied = ledger.applied_at(op["sku"], op["warehouse"])
+                if applied >= position:
+                    # This very change, read again after a restart: not applied twice.  But if it
+                    # is the last change its level took, the level may have landed without the
+                    # evictions it caused (a torn batch: the level and its holds are separate
+                    # records), leaving more held than on hand once ``reserved`` is re-derived
+                    # from the holds: evict again, and say so.  (Not for an older change: a later
+                    # one — a shipment — may still have to take its units off when read again.)
+                    if applied == position:
+                        for held in ledger.evict_excess(op["sku"], op["warehouse"]):
+                            touched.add((op["sku"], op["warehouse"]))
+                            replies.append(_evicted(held))
+                    continue
             src = op.get("src")  # [inventory partition, offset] of the WMS message it came from
             if src is not None and ledger.inventory_applied(op["sku"], op["warehouse"], int(src[0])) >= int(src[1]):
                 continue  # the same WMS message, forwarded again (see Ledger.inventory_applied)
@@ -326,10 +358,7 @@ def apply_ops(ledger: Ledger, ops: list[dict], source_offset: int | None = None
                 ledger.mark_applied(op["sku"], op["warehouse"], position)
             if src is not None:
                 ledger.mark_inventory(op["sku"], op["warehouse"], int(src[0]), int(src[1]))
-            for held in evicted:
-                replies.append({"outcome": "evicted", "order_id": held.order_id, "line_id": held.line_id,
-                                "sku": held.sku, "warehouse": held.warehouse, "attempt": held.attempt,
-                                "qty": held.qty, "reply_to": held.reply_to, "plan": held.plan})
+            replies += [_evicted(held) for held in evicted]
         else:
             raise ValueError(f"unknown stock operation {kind!r}")
     return replies, touched

@@ -192,12 +192,14 @@ class RedisViews:
 #: Order of events that share a timestamp (one transition can emit several).
 LIFECYCLE = {"accepted": 0, "held": 1, "on_hold": 1, "released_from_review": 2, "reservation_conflict": 3,
              "released": 3, "reserved": 4, "routed": 5, "split": 5, "backordered": 5, "oversold": 6,
+             "reservation_lost": 6,
              "cancelled": 7, "line_shipped": 8, "shipped": 9}
 
 #: Order event → the status "where is my order?" shows.
 EVENT_STATUS = {
     "accepted": "accepted", "on_hold": "on_hold", "reserved": "reserved", "routed": "routed",
     "split": "routed_split", "backordered": "backordered", "cancelled": "cancelled", "released": None,
-    "reservation_conflict": None, "oversold": "oversold_rerouting", "line_shipped": "partly_shipped",
+    "reservation_conflict": None, "oversold": "oversold_rerouting",
+    "reservation_lost": "rerouting", "line_shipped": "partly_shipped",
     "shipped": "shipped", "channel_shipped": None, "channel_completed": None, "held": "held_for_review",
 }

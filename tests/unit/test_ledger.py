@@ -301,3 +301,96 @@ def test_a_torn_shipment_confirmation_lands_exactly_once() -> None:
     # Both landed (or neither): the same.
     assert recover_and_reread(Ledger(dict(after.levels), dict(after.holds))).level("SKU-A", "WH-1") == (7, 0, 0)
     assert recover_and_reread(Ledger(dict(before.levels), dict(before.holds))).level("SKU-A", "WH-1") == (7, 0, 0)
+
+
+# -- a torn batch read again, together with the batches before it ----------------------------------
+# (The whole protocol under such crashes: tests/unit/test_reservation_protocol.py, stock_crash_rate.)
+
+def _reserve(order: str, qty: int = 2) -> dict:
+    return {"op": "reserve", "order_id": order, "line_id": "1", "sku": "SKU-A", "warehouse": "WH-1", "qty": qty,
+            "attempt": 1, "paid_at": f"t-{order}", "reply_to": 0, "plan": f"plan-{order}"}
+
+
+def _recover(levels: dict, holds: dict) -> Ledger:
+    """A new owner's ledger from the records that landed, ``reserved`` re-derived from its holds."""
+    from peakroute.domain.ledger import reserved_drift
+
+    led = Ledger(dict(levels), dict(holds))
+    for key, reserved in reserved_drift(led.levels, led.holds).items():
+        led.set_reserved(key, reserved)
+    return led
+
+
+def test_a_torn_batch_read_again_can_refuse_a_line_it_had_confirmed() -> None:
+    """Why the order side takes a refusal of a line it holds as a lost hold (fulfillment.on_reply):
+    a batch read again on a torn state is not the batch that ran.  Here X held 2 of 4 units; the batch
+    confirmed A, released X and gave X's units to Y; only Y's hold (and the level) landed.  Read
+    again, X's old hold is still there and Y's new one too: A is refused, and the SKU owner's word
+    for A has changed."""
+    from peakroute.domain.ledger import apply_ops
+
+    led = fresh(0)
+    apply_ops(led, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 4}, _reserve("X")], 1)
+    before = (dict(led.levels), dict(led.holds))
+    batch = [_reserve("A"), {"op": "release", "order_id": "X", "line_id": "1", "attempt": 1, "plan": "plan-X"},
+             _reserve("Y")]
+    first, _ = apply_ops(led, batch, 2)
+    assert [(r["order_id"], r["outcome"]) for r in first] == [("A", "confirmed"), ("Y", "confirmed")]
+    torn = _recover({**before[0], **led.levels}, {**before[1], "Y|1": led.holds["Y|1"]})
+    again, _ = apply_ops(torn, batch, 2)
+    assert [(r["order_id"], r["outcome"]) for r in again] == [("A", "refused"), ("Y", "confirmed")]
+    assert torn.level("SKU-A", "WH-1") == (4, 2, 0) and set(torn.holds) == {"Y|1"}
+
+
+def test_an_eviction_whose_hold_records_were_lost_is_evicted_again_when_read_again() -> None:
+    """A stock correction evicted a hold; its level (new on-hand, and the position of the change)
+    landed, the hold's deletion did not.  Re-derived, more is held than on hand; the correction is
+    not applied twice, but it evicts again and says so (the order side releases what it was told
+    was evicted, so the old and the new answer agree)."""
+    from peakroute.domain.ledger import apply_ops
+
+    led = fresh(0)
+    apply_ops(led, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 4}, _reserve("A"), _reserve("B")], 1)
+    holds_before = dict(led.holds)
+    fix = [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 2}]
+    first, _ = apply_ops(led, fix, 2)
+    assert [(r["order_id"], r["outcome"]) for r in first] == [("B", "evicted")]
+    torn = _recover(led.levels, holds_before)
+    assert torn.level("SKU-A", "WH-1") == (2, 4, 0)
+    again, _ = apply_ops(torn, fix, 2)
+    assert [(r["order_id"], r["outcome"]) for r in again] == [("B", "evicted")]
+    assert torn.level("SKU-A", "WH-1") == (2, 2, 0) and set(torn.holds) == {"A|1"}
+    # An older change read again before a later one (a shipment, here) evicts nothing: the
+    # shipment read after it takes its units off.
+    led = fresh(0)
+    apply_ops(led, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 5}], 1)
+    apply_ops(led, [_reserve("A", 3)], 2)
+    holds_before = dict(led.holds)
+    apply_ops(led, [{"op": "ship", "order_id": "A", "line_id": "1"}], 3)
+    torn = _recover(led.levels, holds_before)  # the level (on-hand 2) landed, the tombstone did not
+    replies = []
+    for offset, ops in ((1, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 5}]), (2, [_reserve("A", 3)]),
+                        (3, [{"op": "ship", "order_id": "A", "line_id": "1"}])):
+        replies += apply_ops(torn, ops, offset)[0]
+    assert [r["outcome"] for r in replies] == ["confirmed", "shipped"]
+    assert torn.level("SKU-A", "WH-1") == (2, 0, 0) and "x" in torn.holds["A|1"]
+
+
+def test_a_torn_shipment_keeps_its_units_reserved_until_it_is_read_again() -> None:
+    """The shipment's tombstone landed, its level (on-hand down) did not.  Re-derived ``reserved``
+    still counts the tombstone, so a reservation read again before the shipment is refused as it
+    was the first time — not granted the shipped units."""
+    from peakroute.domain.ledger import apply_ops
+
+    led = fresh(0)
+    apply_ops(led, [{"op": "stock", "sku": "SKU-A", "warehouse": "WH-1", "on_hand": 3}], 0)
+    apply_ops(led, [_reserve("A")], 1)
+    assert apply_ops(led, [_reserve("B")], 2)[0][0]["outcome"] == "refused"
+    levels_before = dict(led.levels)
+    apply_ops(led, [{"op": "ship", "order_id": "A", "line_id": "1"}], 3)
+    torn = _recover(levels_before, led.holds)
+    assert torn.level("SKU-A", "WH-1") == (3, 2, 0)
+    replies = apply_ops(torn, [_reserve("A")], 1)[0] + apply_ops(torn, [_reserve("B")], 2)[0] + \
+        apply_ops(torn, [{"op": "ship", "order_id": "A", "line_id": "1"}], 3)[0]
+    assert [(r["order_id"], r["outcome"]) for r in replies] == [("A", "confirmed"), ("B", "refused")]
+    assert torn.level("SKU-A", "WH-1") == (1, 0, 0)

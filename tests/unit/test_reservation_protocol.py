@@ -14,6 +14,13 @@ durable checkpoint (changelog flushed, offsets committed) is lost, and every inp
 delivered again — replies first in their own order, orders interleaved anyhow.  The warehouses must
 still end with exactly one live shipment request per routed line, at the warehouse holding it, and
 a cancel for every shipment of a cancelled order.
+
+With ``stock_crash_rate``, a SKU owner (taking batches of 1-8 operations) sometimes dies while its
+batch's effects are on their way: some of its replies and some of its table records land (which,
+depends on ``stock_flush``: see STOCK_FLUSHES), its ledger restarts from the records that landed
+with ``reserved`` re-derived from the holds, and every operation since its last commit is read
+again.  WMS shipment confirmations are mixed in.  At quiescence every level's ``reserved`` is
+exactly its live holds, within its stock.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peakroute.domain.catalog import Catalog, CatalogItem
-from peakroute.domain.fulfillment import BACKORDERED, CANCELLED, ROUTED, OrderRouter, StockView
-from peakroute.domain.ledger import Ledger, apply_ops
+from peakroute.domain.fulfillment import BACKORDERED, CANCELLED, ROUTED, SHIPPED, OrderRouter, StockView
+from peakroute.domain.ledger import Ledger, apply_ops, is_shipped, reserved_drift
 from peakroute.domain.network import Network, Warehouse
 
 WHS = ("WH-A", "WH-B", "WH-C")
@@ -49,11 +56,30 @@ def order(i: int, lines: list[tuple[str, int]], status: str = "paid") -> dict:
             "ship_to": {"province": "浙江省", "province_code": "33", "city": "", "district": ""}}
 
 
+#: How a SKU owner's batch reaches Kafka, for the crash model (``World.stock_crash_rate``):
+#: "replies_first" — the replies are acknowledged before the batch's table writes are sent, so a
+#: crash can lose some replies (and no writes) or some writes (after every reply);
+#: "together" — replies and table writes leave together, so a crash can land any part of either,
+#: except for a batch with answers a re-read cannot give again ("shipped", "evicted": see
+#: ``agents.stock``), which goes replies first.
+STOCK_FLUSHES = ("replies_first", "together")
+
+
 class World:
     def __init__(self, rng: random.Random, dup_rate: float, stale_view: bool, loss_rate: float = 0.0,
-                 crash_rate: float = 0.0) -> None:
+                 crash_rate: float = 0.0, stock_crash_rate: float = 0.0, stock_flush: str = "replies_first") -> None:
         self.rng = rng
         self.crash_rate = crash_rate
+        #: The SKU owners' crashes: a batch's effects land in part, its tables and offsets go back
+        #: to the last durable state, and every operation since the last commit is read again.
+        self.stock_crash_rate = stock_crash_rate
+        self.stock_flush = stock_flush
+        self.offsets = [0] * PARTS  # the next stock-ops offset of each partition
+        self.durable_ledgers = [({}, {}) for _ in range(PARTS)]  # (levels, holds) in the changelogs
+        self.uncommitted: list[list[tuple[int, dict]]] = [[] for _ in range(PARTS)]
+        self.rederive = [False] * PARTS  # the SKU owner restarted: re-derive reserved first
+        self.replaying = [0] * PARTS  # operations read again after a crash, not yet re-applied
+        self.stock_crashes = 0
         self.requests: list[dict] = []  # what the warehouses were sent, in order
         self.redeliver: deque = deque()  # orders to deliver again after a crash
         self.durable: dict[str, dict] = {}  # the order side's states as of its last checkpoint
@@ -64,7 +90,7 @@ class World:
         self.ledgers = [Ledger({}, {}) for _ in range(PARTS)]
         self.router = OrderRouter(NET, CAT)
         self.states: dict[str, dict] = {}
-        self.to_stock: list[deque] = [deque() for _ in range(PARTS)]
+        self.to_stock: list[deque] = [deque() for _ in range(PARTS)]  # (offset, op)
         self.to_orders: deque = deque()
         self.snapshot: dict[tuple[str, str], int] = {}
 
@@ -79,12 +105,16 @@ class World:
     def view(self) -> StockView:
         return StockView(self.available, lambda w: 1)
 
+    def enqueue(self, op: dict) -> None:
+        part = self.part(op["sku"])
+        self.to_stock[part].append((self.offsets[part], op))
+        self.offsets[part] += 1
+
     def send_ops(self, ops: list[dict]) -> None:
         for op in ops:
-            q = self.to_stock[self.part(op["sku"])]
-            q.append(op)
+            self.enqueue(op)
             if self.rng.random() < self.dup_rate:
-                q.append(dict(op))
+                self.enqueue(dict(op))
 
     def maybe_crash_or_checkpoint(self) -> None:
         r = self.rng.random()
@@ -106,8 +136,18 @@ class World:
             self.since_checkpoint.append(("order", o))
             self.maybe_crash_or_checkpoint()
 
+    def wms_ships_a_line(self) -> None:
+        """A warehouse confirms one line of a shipment request it holds (not cancelled)."""
+        cancelled = {r["shipment_id"] for r in self.requests if r["type"] == "cancel_request"}
+        lines = [(r, line) for r in self.requests if r["type"] == "shipment_request"
+                 and r["shipment_id"] not in cancelled for line in r["lines"]]
+        if lines:
+            r, line = self.rng.choice(lines)
+            self.enqueue({"op": "ship", "order_id": r["order_id"], "line_id": line["line_id"], "sku": line["sku"],
+                          "warehouse": r["warehouse"]})
+
     def stock(self, sku: str, wh: str, **kw: int) -> None:
-        self.to_stock[self.part(sku)].append({"op": "stock", "sku": sku, "warehouse": wh, **kw})
+        self.enqueue({"op": "stock", "sku": sku, "warehouse": wh, **kw})
 
     def step(self) -> bool:
         choices = [i for i, q in enumerate(self.to_stock) if q] + (["o"] if self.to_orders else []) \
@@ -129,24 +169,76 @@ class World:
                 self.since_checkpoint.append(("reply", reply))
                 self.maybe_crash_or_checkpoint()
         else:
-            op = self.to_stock[c].popleft()
             for sku in SKUS:
                 for wh in WHS:
                     self.snapshot[(sku, wh)] = self.ledgers[self.part(sku)].available(sku, wh)
-            replies, _ = apply_ops(self.ledgers[c], [op])
-            for r in replies:
-                if self.rng.random() < self.loss_rate:
-                    continue  # a lost reply: only the retry watchdog can heal it
-                self.to_orders.append(r)
-                if self.rng.random() < self.dup_rate:
-                    self.to_orders.append(dict(r))
+            self.stock_batch(c)
         self.check_invariant()
         return True
 
+    def stock_batch(self, c: int) -> None:
+        """The SKU owner of partition ``c`` takes a batch of operations (one per stock-ops message)."""
+        led = self.ledgers[c]
+        if self.rederive[c]:  # as agents.stock does after a restart, before the batch is applied
+            self.rederive[c] = False
+            for key, reserved in reserved_drift(led.levels, led.holds).items():
+                led.set_reserved(key, reserved)
+        take = self.rng.randint(1, 8) if self.stock_crash_rate else 1
+        batch = [self.to_stock[c].popleft() for _ in range(min(take, len(self.to_stock[c])))]
+        replies: list[dict] = []
+        for offset, op in batch:
+            replies += apply_ops(led, [op], offset)[0]
+        self.uncommitted[c] += batch
+        self.replaying[c] = max(0, self.replaying[c] - len(batch))
+        if self.rng.random() >= self.stock_crash_rate:
+            self.deliver(replies)
+            self.durable_ledgers[c] = copy.deepcopy((led.levels, led.holds))
+            if self.rng.random() < 0.5:
+                self.uncommitted[c] = []  # offsets committed
+            return
+        # A crash while the batch's effects are on their way: some land, the rest are lost.
+        self.stock_crashes += 1
+        landed = [r for r in replies if self.rng.random() < 0.5]
+        writes_land = 0.5
+        if self.stock_flush == "replies_first" or any(r["outcome"] in ("shipped", "evicted") for r in replies):
+            if len(landed) < len(replies):
+                writes_land = 0.0  # the writes are sent only once every reply is acknowledged
+        self.deliver(landed)
+        levels, holds = self.durable_ledgers[c]
+        for mine, durable in ((led.levels, levels), (led.holds, holds)):
+            for key in set(mine) | set(durable):
+                if mine.get(key) != durable.get(key) and self.rng.random() < writes_land:
+                    if key in mine:
+                        durable[key] = copy.deepcopy(mine[key])
+                    else:
+                        del durable[key]
+        self.ledgers[c] = Ledger(copy.deepcopy(levels), copy.deepcopy(holds))
+        self.rederive[c] = True
+        self.to_stock[c].extendleft(reversed(self.uncommitted[c]))  # read again from the committed offset
+        self.replaying[c] += len(self.uncommitted[c])  # (plus those read again earlier, still queued)
+        self.uncommitted[c] = []
+
+    def deliver(self, replies: list[dict]) -> None:
+        for r in replies:
+            if self.rng.random() < self.loss_rate:
+                continue  # a lost reply: only the retry watchdog can heal it
+            self.to_orders.append(r)
+            if self.rng.random() < self.dup_rate:
+                self.to_orders.append(dict(r))
+
     def check_invariant(self) -> None:
-        for led in self.ledgers:
-            for key, (on_hand, reserved, safety) in led.levels.items():
+        for c, led in enumerate(self.ledgers):
+            if self.rederive[c] or self.replaying[c]:
+                continue  # a torn state, until the SKU owner has re-applied what it reads again
+            for key, (on_hand, reserved, safety, *_) in led.levels.items():
                 assert 0 <= reserved <= on_hand - safety or reserved == 0, (key, on_hand, reserved, safety)
+
+    def check_holds_add_up(self) -> None:
+        """At quiescence every level's ``reserved`` is exactly its live holds, within its stock."""
+        for led in self.ledgers:
+            assert not reserved_drift(led.levels, led.holds), reserved_drift(led.levels, led.holds)
+            for key, (on_hand, reserved, safety, *_) in led.levels.items():
+                assert 0 <= reserved <= max(0, on_hand - safety), (key, on_hand, reserved, safety)
 
     def run(self) -> None:
         for _ in range(100_000):
@@ -260,6 +352,35 @@ def test_a_lost_reply_is_healed_by_the_retry_watchdog() -> None:
     assert w.ledgers[w.part("S2")].level("S2", "WH-A") == (5, 1, 0)
 
 
+def test_a_refusal_of_a_line_the_order_holds_is_a_lost_hold() -> None:
+    """A SKU owner that read a torn batch again can refuse a line it had confirmed (see
+    test_ledger.py::test_a_torn_batch_read_again_can_refuse_a_line_it_had_confirmed).  Its latest
+    word is the truth: the routed order takes its shipment back, releases what it holds and plans
+    again — here onto the other warehouse."""
+    w = World(random.Random(5), 0.0, False)
+    w.stock("S1", "WH-A", on_hand=5)
+    w.stock("S1", "WH-B", on_hand=5)
+    w.run()
+    w.on_order(order(1, [("S1", 2)]))
+    w.run()
+    s_ = w.states["tmall:1"]
+    assert s_["status"] == ROUTED
+    wh, attempt = s_["holds"]["0"]
+    ledger = w.ledgers[w.part("S1")]
+    ledger.release("tmall:1", "0")  # the hold the torn batch lost
+    ledger.set_stock("S1", wh, on_hand=0)  # and its units went elsewhere
+    refusal = {"outcome": "refused", "order_id": "tmall:1", "line_id": "0", "sku": "S1", "warehouse": wh,
+               "attempt": attempt, "qty": 2, "available": 0, "reply_to": 0, "plan": s_["plan_id"]}
+    new, fx = w.router.on_reply(s_, refusal, w.view(), "t")
+    assert [e["event"] for e in fx.events][:2] == ["reservation_lost", "released"]
+    assert [(r["type"], r["shipment_id"]) for _, r in fx.requests] == [("cancel_request", s_["sent"][0][1])]
+    assert [op["op"] for op in fx.stock_ops] == ["release", "reserve"]
+    assert new["status"] == "reserving" and new["attempt"] == attempt + 1 and new["plan"][0][0] != wh
+    # The same refusal read twice, or one for a plan the order no longer has, changes nothing.
+    again, fx = w.router.on_reply(new, refusal, w.view(), "t")
+    assert again == new and not fx.stock_ops and not fx.requests
+
+
 def check_warehouses(w: World) -> None:
     """What the warehouses were told adds up: one live shipment per routed line, at the warehouse
     that holds it, and every shipment of a cancelled order cancelled."""
@@ -272,7 +393,7 @@ def check_warehouses(w: World) -> None:
     for oid, s in w.states.items():
         live = {r["shipment_id"]: r for r in sent.get(oid, []) if r["shipment_id"] not in cancelled}
         lines = [(line["line_id"], r["warehouse"]) for r in live.values() for line in r["lines"]]
-        if s["status"] == ROUTED:
+        if s["status"] in (ROUTED, SHIPPED):
             assert sorted(lid for lid, _ in lines) == sorted({lid for _, lids in s["plan"] for lid in lids}), \
                 (oid, "one live shipment per routed line", lines)
             for lid, wh in lines:
@@ -287,32 +408,44 @@ def check_warehouses(w: World) -> None:
     stock=stock_levels,
     orders=st.lists(order_lines, min_size=1, max_size=10),
     cancels=st.sets(st.integers(0, 9), max_size=4),
-    crash_rate=st.sampled_from([0.05, 0.15]),
+    crash_rate=st.sampled_from([0.0, 0.05, 0.15]),
+    stock_crash_rate=st.sampled_from([0.0, 0.1, 0.3]),
+    stock_flush=st.sampled_from(STOCK_FLUSHES),
+    corrections=st.lists(st.tuples(st.sampled_from(SKUS), st.sampled_from(WHS), st.integers(0, 3)), max_size=2),
+    shipments=st.integers(0, 6),
     stale_view=st.booleans(),
 )
 def test_a_crash_between_sending_and_remembering_never_oversells_or_strands_a_shipment(
-        seed, stock, orders, cancels, crash_rate, stale_view):
+        seed, stock, orders, cancels, crash_rate, stock_crash_rate, stock_flush, corrections, shipments, stale_view):
     rng = random.Random(seed)
     w = stocked(World(rng, 0.0, stale_view), stock)
-    w.crash_rate = crash_rate
+    w.crash_rate, w.stock_crash_rate, w.stock_flush = crash_rate, stock_crash_rate, stock_flush
     docs = [order(i, lines) for i, lines in enumerate(orders)]
     events = [("order", d) for d in docs] + [("cancel", docs[i]) for i in cancels if i < len(docs)]
+    events += [("fix", c) for c in corrections] + [("ship", None)] * shipments
     rng.shuffle(events)
     for kind, doc in events:
-        if kind == "order":
+        if kind == "ship":
+            w.wms_ships_a_line()
+        elif kind == "fix":
+            sku, wh, units = doc
+            w.stock(sku, wh, on_hand=units)
+        elif kind == "order":
             w.on_order(doc)
         elif doc["order_id"] in w.states or rng.random() < 0.5:
             w.on_order({**doc, "status": "cancelled"})
         for _ in range(rng.randint(0, 6)):
             w.step()
-    w.crash_rate = 0.0  # the last re-deliveries land
+    w.crash_rate = w.stock_crash_rate = 0.0  # the last re-deliveries land
     w.run()
     check_warehouses(w)
-    holds = {(h["o"], h["l"]): h for led in w.ledgers for h in led.holds.values()}
+    w.check_holds_add_up()
+    holds = {(h["o"], h["l"]): h for led in w.ledgers for h in led.holds.values() if not is_shipped(h)}
     for oid, s in w.states.items():
         mine = {k for k in holds if k[0] == oid}
         if s["status"] != ROUTED:
             assert not mine, f"{oid} is {s['status']} but still holds {mine}"
+    assert not any(w.replaying) and not any(w.to_stock)
 
 
 def test_default_plan_ids_are_random_per_process_and_per_fork() -> None:
