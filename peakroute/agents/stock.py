@@ -38,6 +38,17 @@ from .common import (
 
 log = logging.getLogger("peakroute.stock")
 
+#: Replies a batch read again after a crash cannot give again, so they must be acknowledged before
+#: the batch's table writes leave: "shipped" (once its tombstone and level landed, the shipment is
+#: not applied again) and "evicted" (once the holds' deletions landed, nothing is left to evict).
+#: Every other reply ("confirmed", "refused", "stale") is given again by the re-read batch, so it
+#: leaves together with the batch's table writes and the next batch's gate waits for both: one
+#: acknowledgement wait per batch instead of two.  A crash can then land the writes without the
+#: replies; the re-read answers on what landed, which may differ from the first answer (see
+#: fulfillment.OrderRouter.on_reply: the SKU owner's latest word wins).  The reservation
+#: protocol's crash model checks both orders (tests/unit/test_reservation_protocol.py).
+ANSWERED_ONCE = frozenset({"shipped", "evicted"})
+
 #: A shipped hold's tombstone is needed only while its batch could be read again (until the batch's
 #: offsets are committed: seconds); it is deleted after this long, under its partition's next batch.
 TOMBSTONE_TTL_S = 600.0
@@ -154,7 +165,8 @@ def register(app: faust.App, *, stock_ops: faust.TopicT, replies: faust.TopicT, 
                 await prior_writes_durable(outbox, "stock replies")
                 for partition, batch in by_partition((r["reply_to"], r) for r in out).items():
                     outbox.send(STOCK_REPLIES, None, dumps({"replies": batch}), partition=partition)
-                await outbox.flushed()  # replies durable before the holds are remembered
+                if any(r["outcome"] in ANSWERED_ONCE for r in out):
+                    await outbox.flushed()  # these replies durable before the tables remember them
             except Exception as exc:  # noqa: BLE001
                 die("stock", exc)
             levels_batch.flush()
