@@ -106,6 +106,11 @@ def build_app(settings: Settings) -> faust.App:
     from ..metrics import faust_monitor
 
     faust_monitor.install(app)
+    from ..tables import recovery
+
+    recovery.install()  # faust's recovery loop, a group of records per wake-up
+    if settings.table_store == "rocksdb":
+        recovery.raw_changelog_channels(app)  # the store writes the records' bytes: no decoding
     n = settings.partitions
     catalog = load_catalog(settings.catalog_file or None)
     network = load_network(settings.network_file or None)
