@@ -243,13 +243,13 @@ class OrderRouter:
             # line is lost as if evicted, and the order is re-planned.
             if not held_by_plan:
                 return state, fx
-            oversold = outcome == "evicted"
+            reason = "oversold" if outcome == "evicted" else "reservation_lost"
             # The line's hold stays in the state for the unwind to release: a no-op normally (the
             # SKU owner dropped it), but a SKU owner that read a torn batch again may have evicted
             # another hold this time and still keep this one.
-            fx.events.append(_event(oid, "oversold" if oversold else "reservation_lost", now, line_id=line_id,
-                                    warehouse=reply["warehouse"], qty=reply.get("qty", 0)))
-            state, more = self._unwind(state, now, "oversold" if oversold else "reservation_lost")
+            fx.events.append(_event(oid, reason, now, line_id=line_id, warehouse=reply["warehouse"],
+                                    qty=reply.get("qty", 0)))
+            state, more = self._unwind(state, now, reason)
             fx.extend(more)
             state, more = self._start_attempt(state, view, now)
             fx.extend(more)
