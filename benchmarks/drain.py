@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--worker-env", action="append", default=[], metavar="PEAKROUTE_X=V",
+                    help="a worker setting for this run (repeatable), e.g. PEAKROUTE_TABLE_RESTORE=faust for an A/B")
     ap.add_argument("--restart", action="store_true",
                     help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
                          "start, and every takeover since standbys are off, reads the changelogs from the start)")
@@ -56,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "stack") as settings:
         from integration.harness import env_for
 
-        env = env_for(settings)
+        env = env_for(settings, **dict(kv.split("=", 1) for kv in args.worker_env))
         catalog, network = load_catalog(), load_network()
         producer = make_producer(settings)
         produce_inventory(producer, generate_stock(catalog, network, units=10**6))
@@ -144,7 +146,8 @@ def drain(settings: Settings, env: dict[str, str], raw: int, tmp: Path, topics: 
 
 def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     """Start one worker on the drained stack and time its table recovery from faust's own log lines
-    (``Restoring state from changelog topics`` … ``Recovery complete``)."""
+    (``table restore: reading`` or ``Restoring state from changelog topics`` … ``Recovery complete``).
+    ``DRAIN_RESTART_LOGLEVEL=debug`` runs that worker with debug logs (aiokafka's requests included)."""
     import re
     import shutil
     import signal
@@ -157,13 +160,15 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     by_table = {t: sum(v for (topic, _), v in ends.items() if topic == changelog(t)) for t in TABLES}
     log = tmp / "restart.log"
     t0 = time.monotonic()
-    w = subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel", "info"],
+    loglevel = os.environ.get("DRAIN_RESTART_LOGLEVEL", "info")
+    w = subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel", loglevel],
                          env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     marks: dict[str, float] = {}
     try:
         while time.monotonic() - t0 < 600 and "complete" not in marks:
             text = log.read_text(errors="replace")
-            for name, pattern in (("restoring", r"Restoring state from changelog"), ("complete", r"Recovery complete")):
+            for name, pattern in (("restoring", r"table restore: reading|Restoring state from changelog"),
+                                  ("complete", r"Recovery complete")):
                 if name not in marks and re.search(pattern, text):
                     marks[name] = time.monotonic() - t0
             time.sleep(0.1)
@@ -179,6 +184,12 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
           f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
           f"records/s (the worker's log: {kept})")
+    bulk = [(int(n), float(sec)) for n, sec in re.findall(r"table restore: table \S+: (\d+) record\(s\) from \d+ "
+                                                        r"partition\(s\) in ([\d.]+) s", kept.read_text(errors="replace"))]
+    if bulk:
+        n, sec = sum(b[0] for b in bulk), sum(b[1] for b in bulk)
+        print(f"restart: bulk restore (PEAKROUTE_TABLE_RESTORE=bulk) read {n} records in {sec:.2f} s: "
+              f"{n / max(sec, 1e-6):.0f} records/s; faust's recovery did the rest")
 
 if __name__ == "__main__":
     main()

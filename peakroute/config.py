@@ -106,6 +106,14 @@ class Settings:
     #: With ``table_store=rocksdb``: MB of memory for all of a worker's table databases together
     #: (one block cache; memtables are charged to it).
     table_memory_mb: int = 64
+    #: With ``table_store=rocksdb``: how a worker fills the tables of partitions it is assigned —
+    #: ``bulk`` (their changelogs read by a plain librdkafka consumer straight into RocksDB, then
+    #: faust's recovery for anything newer: peakroute/tables/restore.py) or ``faust`` (faust's
+    #: recovery alone, record by record through its consumer).
+    table_restore: str = "bulk"
+    #: How long (s) one table's bulk restore may hold up a rebalance; past it faust's recovery
+    #: reads the rest.
+    table_restore_max_s: float = 60.0
     #: How long (ms) the oldest message of an agent's batch (at most 500 messages) may wait for the
     #: batch to fill (with ``batching=arrival``; with ``faust``: how long each batch waits after the
     #: previous one).  Longer: fatter batches at low rates; under load the previous batch's

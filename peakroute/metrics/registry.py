@@ -154,6 +154,14 @@ INPUT_GAPS = Counter(
     "Input records that reached an agent past an earlier record it had not acted on (lost between Kafka "
     "and the agent): set aside and the partition rewound, so records are acted on in order",
     ["topic"])
+TABLE_RESTORE_RECORDS = Counter(
+    "peakroute_table_restore_records_total",
+    "Changelog records a worker read into its tables in bulk when it was assigned their partitions "
+    "(tables/restore.py; faust's recovery reads only what remains)", ["table"])
+TABLE_RESTORE_SECONDS = Counter(
+    "peakroute_table_restore_seconds_total",
+    "Time spent restoring tables in bulk (the rebalance waits for it): with the records counter, "
+    "records per second", ["table"])
 RECOVERY_REREADS = Counter(
     "peakroute_recovery_rereads_total",
     "Changelog partitions read again because a table recovery received nothing while the consumer had "

@@ -63,6 +63,10 @@ def build_app(settings: Settings) -> faust.App:
 
         rocks.register()
         rocks.BoundedOptions.budget_mb = settings.table_memory_mb
+        if settings.table_restore not in ("bulk", "faust"):
+            raise ValueError(f"PEAKROUTE_TABLE_RESTORE must be bulk or faust, not {settings.table_restore!r}")
+        rocks.Store.restore_bootstrap = settings.kafka_bootstrap if settings.table_restore == "bulk" else None
+        rocks.Store.restore_max_s = settings.table_restore_max_s
         store_kwargs = {"store": rocks.STORE_URL,
                         "tabledir": str(rocks.worker_tabledir(Path(faust_datadir(settings)) / "tables"))}
         table_options = rocks.ROCKSDB_OPTIONS

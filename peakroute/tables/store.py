@@ -145,6 +145,63 @@ class Store(faust_rocksdb.Store):
                         name, len(dropped), first.topic, first.partition, first.offset,
                         first.key[:80] if first.key else first.key)
 
+    #: Bulk restore (tables/restore.py): the Kafka bootstrap to read the changelogs from, or None
+    #: for faust's recovery alone (``PEAKROUTE_TABLE_RESTORE=faust``); set by streams/app.py.
+    restore_bootstrap: str | None = None
+    #: How long one table's bulk restore may hold up a rebalance before faust's recovery goes on.
+    restore_max_s: float = 60.0
+
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0) -> None:
+        """faust's rebalance (close the revoked partitions' databases, open the new ones), then the
+        changelogs of every assigned partition read into them in bulk (tables/restore.py) before
+        faust's recovery looks at their persisted offsets.
+
+        Every assigned partition, not only the new ones: faust's recovery reads each assigned
+        partition from its persisted offset, and since our table writes go through the outbox
+        (streams/outbox.carry_changelogs) that offset does not move with them — a partition kept
+        through a rebalance is read again from its last restore, this worker's own writes since
+        included.  Read in bulk, that costs a fraction."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.restore_bootstrap and generation_id == getattr(self.app, "consumer_generation_id", generation_id):
+            await self._bulk_restore(assigned)  # (a newer rebalance follows otherwise: faust skips too)
+
+    async def _bulk_restore(self, assigned: Any) -> None:
+        import asyncio
+        import functools
+
+        import rocksdict
+
+        from . import restore
+
+        topics = self.table.changelog_topic.topics
+        standbys = self.app.assignor.assigned_standbys()
+        mine = sorted(tp for tp in assigned if tp.topic in topics and tp not in standbys and tp.partition in self._dbs)
+        if not mine:
+            return
+        name = getattr(self.table, "name", "?")
+        log.info("table restore: reading %d changelog partition(s) of table %s", len(mine), name)
+        try:
+            summary = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                restore.restore_partitions, bootstrap=self.restore_bootstrap, topic=mine[0].topic,
+                persisted={tp.partition: self.persisted_offset(tp) for tp in mine},
+                tps={tp.partition: tp for tp in mine}, dbs=dict(self._dbs), offset_key=self.offset_key,
+                late=self._late, max_s=self.restore_max_s,
+                new_batch=functools.partial(rocksdict.WriteBatch, raw_mode=True)))
+        except Exception as exc:  # noqa: BLE001 - faust's recovery reads from the persisted offsets
+            log.warning("table restore: table %s: %r; faust's recovery reads the changelogs", name, exc)
+            return
+        m.TABLE_RESTORE_RECORDS.labels(name).inc(summary.records)
+        m.TABLE_RESTORE_SECONDS.labels(name).inc(summary.seconds)
+        if summary.dropped:
+            m.CHANGELOG_LATE_RECORDS.labels(name).inc(summary.dropped)
+            log.warning("table %s: %d changelog record(s) left out of recovery (bulk restore): written by an "
+                        "owner the partition had already moved from (a frozen worker's late writes)",
+                        name, summary.dropped)
+        log.info("table restore: table %s: %d record(s) from %d partition(s) in %.2f s (%.0f records/s)%s",
+                 name, summary.records, summary.partitions, summary.seconds,
+                 summary.records / max(summary.seconds, 1e-6), "" if summary.complete else
+                 "; cut short, faust's recovery reads the rest")
+
     def _encode_key(self, key: Any) -> bytes:
         """A str key as faust's ``json`` key serializer writes it (faust's json is orjson), without
         the serializer registry's dispatch — keys are encoded on every table read and write."""

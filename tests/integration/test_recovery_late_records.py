@@ -4,7 +4,8 @@ The record sequence a SIGSTOP zombie leaves on a changelog partition (see peakro
 and ``late_records`` in faults.py, which counts them in the fault scenarios) is written here
 directly to the stock-levels changelog of a real Kafka: owner A (generation 5), owner B
 (generation 6), then a write of A's produced before B's but delivered after it.  A worker started
-on it must recover B's level, which the SKU owner republishes to the Redis stock view.
+on it must recover B's level, which the SKU owner republishes to the Redis stock view — through the
+bulk restore (the default) and through faust's recovery alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .harness import PeakrouteProcess, unique_app_id
 pytestmark = pytest.mark.integration
 
 
-def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("restore", ["bulk", "faust"])
+def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: Path, restore: str) -> None:
     with local_stack(tmp_path / "stack") as base:
         settings = replace(base, app_id=unique_app_id("late"))
         LocalStack(settings).ensure_topics(changelog_specs(settings))
@@ -52,7 +54,8 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
             producer.produce(**record)
         assert producer.flush(30) == 0
 
-        worker = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "worker.log")
+        worker = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "worker.log",
+                                  PEAKROUTE_TABLE_RESTORE=restore)
         try:
             async def stock_view() -> dict:
                 views = RedisViews(settings.redis_url)
@@ -70,6 +73,8 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
             assert seen.get("WH-SOUTH", {}).get("on_hand") == 7, (seen, worker.output()[-3000:])
             assert seen["WH-EAST"]["on_hand"] == 20, f"the late write was recovered: {seen}"
             assert "changelog record(s) left out of recovery" in worker.output()
+            by_bulk = "left out of recovery (bulk restore)" in worker.output()
+            assert by_bulk == (restore == "bulk"), worker.output()[-3000:]
         finally:
             worker.stop()
         assert "Traceback" not in worker.output(), worker.output()[-4000:]
