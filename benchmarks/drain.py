@@ -51,6 +51,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--worker-env", action="append", default=[], metavar="PEAKROUTE_X=V",
                     help="a worker setting for this run (repeatable), e.g. PEAKROUTE_TABLE_RESTORE=faust for an A/B")
+    ap.add_argument("--join", action="store_true",
+                    help="instead of the timed drain: one worker drains the backlog and stays, then a second "
+                         "worker joins; time each worker's table recovery in that rebalance (the first one keeps "
+                         "half its partitions, whose changelogs now hold its own writes)")
     ap.add_argument("--restart", action="store_true",
                     help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
                          "start, and every takeover since standbys are off, reads the changelogs from the start)")
@@ -69,6 +73,9 @@ def main() -> None:
         topics = [*RAW_TOPICS, INVENTORY, STOCK_OPS, STOCK_REPLIES]  # what the workers consume
         if "order-versions" in TABLES:  # a revision before the fused order stage (compare.py runs old
             topics.append(ORDERS)        # ones with this file): its fulfillment consumed peakroute.orders
+        if args.join:
+            time_join(settings, env, Path(tmp), topics, args.timeout)
+            return
         drain(settings, env, raw, Path(tmp), topics, args.workers, args.timeout)
         if args.restart:
             time_recovery(settings, env, Path(tmp))
@@ -142,6 +149,75 @@ def drain(settings: Settings, env: dict[str, str], raw: int, tmp: Path, topics: 
     print(f"worker re-reads: {logs.count('set aside, to be read again')} batch(es) set aside in a rebalance, "
           f"{logs.count('reached the agent before')} out-of-order arrival(s) set aside")
     return result
+
+
+def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[str], timeout: float) -> None:
+    """Worker A drains the backlog and keeps running; worker B joins.  Printed per worker: seconds
+    from B's start to that worker's "Recovery complete" of the join's rebalance, from its
+    ``_on_partitions_assigned`` to it (its partitions' standstill), and the records it restored in
+    bulk (none with ``PEAKROUTE_TABLE_RESTORE=faust``)."""
+    import re
+    import signal
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp / f"join-{name}.log"
+        return subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", "0", "--loglevel",
+                                 "info"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT), log
+
+    def marks(log: Path, pattern: str) -> list[float]:
+        """Times (epoch s) of the log lines matching ``pattern``."""
+        return [t for line in log.read_text(errors="replace").splitlines()
+                if re.search(pattern, line) and (t := log_line_time(line))]
+
+    a, log_a = start("a")
+    b = None
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            ends = end_offsets(settings.kafka_bootstrap, topics)
+            done = committed(settings.kafka_bootstrap, settings.app_id, list(ends))
+            if sum(ends[tp] - done.get(tp, 0) for tp in ends) == 0 and marks(log_a, "Recovery complete"):
+                break
+            time.sleep(0.5)
+        else:
+            print(f"join: worker A did not drain the backlog within {timeout:.0f} s")
+            return
+        records = sum(end_offsets(settings.kafka_bootstrap, [changelog_topic(settings.app_id, t) for t in TABLES]).values())
+        print(f"join: worker A drained the backlog in {time.monotonic() - t0:.1f} s; changelogs hold {records} records")
+        joined_at = time.time()
+        b, log_b = start("b")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (len(marks(log_a, "Recovery complete")) >= 2
+                                                   and marks(log_b, "Recovery complete")):
+            time.sleep(0.2)
+        for name, log, nth in (("A (keeps half)", log_a, 1), ("B (joins)", log_b, 0)):
+            done_at, assigned = marks(log, "Recovery complete"), marks(log, "Executing _on_partitions_assigned")
+            if len(done_at) <= nth:
+                print(f"join: worker {name}: no 'Recovery complete' within 300 s (log: {log})")
+                continue
+            assigned_at = max(t for t in assigned if t <= done_at[nth])
+            bulk = [(int(n), float(sec)) for line in log.read_text(errors="replace").splitlines()
+                    for n, sec in re.findall(r"table restore: table \S+: (\d+) record\(s\) from \d+ "
+                                             r"partition\(s\) in ([\d.]+) s", line)
+                    if log_line_time(line) >= joined_at - 1]
+            print(f"join: worker {name}: recovery complete {done_at[nth] - joined_at:.1f} s after B started, "
+                  f"{done_at[nth] - assigned_at:.1f} s after its assignment; restored in bulk: "
+                  f"{sum(x[0] for x in bulk)} records in {sum(x[1] for x in bulk):.2f} s")
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.send_signal(signal.SIGTERM)
+                w.wait()
+
+
+def log_line_time(line: str) -> float:
+    """Epoch seconds of a worker log line's timestamp (local time, as logging writes it; 0 if none)."""
+    import re
+
+    m = re.match(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)[,.](\d{3})", line)
+    if not m:
+        return 0.0
+    return time.mktime(time.strptime(m.group(1).replace("T", " "), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
 
 
 def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
