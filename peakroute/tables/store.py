@@ -15,9 +15,9 @@ Deliberate departures from faust's own RocksDB store:
   filters (a few µs).  A key lives on one partition only (its partition follows from its key), so
   the first hit is the only one.
 * **Every worker start begins from an empty store and restores from the changelog**, exactly as
-  with ``memory://`` (in bulk, by a librdkafka consumer, before faust's recovery: tables/restore.py).  Our changelog records are produced by the outbox (streams/outbox.py), and a
-  table write can reach the local RocksDB before its changelog record is acknowledged: after a
-  kill -9 the local files could be *ahead* of Kafka, and a re-read batch would then skip a change
+  with ``memory://`` (in bulk, by a librdkafka consumer, before faust's recovery: tables/restore.py).
+  Our changelog records are produced by the outbox (streams/outbox.py), and a table write can
+  reach the local RocksDB before its changelog record is acknowledged: after a kill -9 the local files could be *ahead* of Kafka, and a re-read batch would then skip a change
   (a reservation, say) that the changelog never got — a later owner of the partition would not
   know it.  The changelog is the one source of truth; the local files are a cache of it for one
   process's lifetime.  Each worker process has its own directory (RocksDB locks its files;
