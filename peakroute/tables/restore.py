@@ -1,5 +1,6 @@
-"""Bulk table restore: the changelog partitions a worker is newly assigned, read with a plain
-librdkafka consumer straight into the partitions' RocksDB databases before faust's recovery starts.
+"""Bulk table restore: the changelog partitions a worker is assigned (new and kept ones: see
+``tables/store.Store.on_rebalance``), read with a plain librdkafka consumer straight into the
+partitions' RocksDB databases before faust's recovery starts.
 
 Why: a worker start, and every takeover (no standby copies: streams/app.py says why), rebuilds the
 tables of its partitions from their changelogs, and the partitions stand still meanwhile.  Through
