@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -156,7 +157,6 @@ def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[s
     from B's start to that worker's "Recovery complete" of the join's rebalance, from its
     ``_on_partitions_assigned`` to it (its partitions' standstill), and the records it restored in
     bulk (none with ``PEAKROUTE_TABLE_RESTORE=faust``)."""
-    import re
     import signal
 
     def start(name: str) -> tuple[subprocess.Popen, Path]:
@@ -197,9 +197,7 @@ def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[s
                 continue
             assigned_at = max(t for t in assigned if t <= done_at[nth])
             bulk = [(int(n), float(sec)) for line in log.read_text(errors="replace").splitlines()
-                    for n, sec in re.findall(r"table restore: table \S+: (\d+) record\(s\) from \d+ "
-                                             r"partition\(s\) in ([\d.]+) s", line)
-                    if log_line_time(line) >= joined_at - 1]
+                    for n, sec in BULK_RESTORE_LINE.findall(line) if log_line_time(line) >= joined_at - 1]
             print(f"join: worker {name}: recovery complete {done_at[nth] - joined_at:.1f} s after B started, "
                   f"{done_at[nth] - assigned_at:.1f} s after its assignment; restored in bulk: "
                   f"{sum(x[0] for x in bulk)} records in {sum(x[1] for x in bulk):.2f} s")
@@ -210,10 +208,13 @@ def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[s
                 w.wait()
 
 
+#: A worker's summary line of one table's bulk restore (tables/store.Store._bulk_restore): records, seconds.
+BULK_RESTORE_LINE = re.compile(r"table restore: table \S+: (\d+) record\(s\) from \d+ "
+                               r"partition\(s\) in ([\d.]+) s")
+
+
 def log_line_time(line: str) -> float:
     """Epoch seconds of a worker log line's timestamp (local time, as logging writes it; 0 if none)."""
-    import re
-
     m = re.match(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)[,.](\d{3})", line)
     if not m:
         return 0.0
@@ -224,7 +225,6 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     """Start one worker on the drained stack and time its table recovery from faust's own log lines
     (``table restore: reading`` or ``Restoring state from changelog topics`` … ``Recovery complete``).
     ``DRAIN_RESTART_LOGLEVEL=debug`` runs that worker with debug logs (aiokafka's requests included)."""
-    import re
     import shutil
     import signal
 
@@ -260,8 +260,7 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
           f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
           f"records/s (the worker's log: {kept})")
-    bulk = [(int(n), float(sec)) for n, sec in re.findall(r"table restore: table \S+: (\d+) record\(s\) from \d+ "
-                                                        r"partition\(s\) in ([\d.]+) s", kept.read_text(errors="replace"))]
+    bulk = [(int(n), float(sec)) for n, sec in BULK_RESTORE_LINE.findall(kept.read_text(errors="replace"))]
     if bulk:
         n, sec = sum(b[0] for b in bulk), sum(b[1] for b in bulk)
         print(f"restart: bulk restore (PEAKROUTE_TABLE_RESTORE=bulk) read {n} records in {sec:.2f} s: "
