@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -359,6 +360,25 @@ class FreezeWatch:
     def __init__(self, limit_s: float = float("inf")) -> None:
         self.limit_s = limit_s
         self.last_tick: float | None = None
+        self._beat: Any = None  # the event loop's pending call of the next tick
+
+    def start(self, loop: Any, interval_s: float = 1.0) -> None:
+        """Tick every ``interval_s`` on the event loop itself from now on (idempotent).
+
+        Started at the worker's first partition assignment, not by a faust timer: faust starts
+        timers only once the first table recovery is complete, and a worker frozen during that
+        recovery (its partitions given away meanwhile) woke up unfenced — caught by the SIGSTOP
+        fault scenario on 2026-12-05.  A plain ``call_later`` chain runs from the first moment
+        the worker owns anything, through rebalances and recoveries alike."""
+        if self._beat is not None:
+            return
+
+        def beat() -> None:
+            self.tick()
+            self._beat = loop.call_later(interval_s, beat)
+
+        self.last_tick = time.monotonic()
+        self._beat = loop.call_later(interval_s, beat)
 
     def frozen_for(self, now: float | None = None) -> float:
         if self.last_tick is None:
@@ -414,11 +434,8 @@ def install_guards(app: faust.App, settings: Any) -> None:
                                   Path(settings.state_dir) / "failures" / f"{settings.app_id}.json")
     GUARDS.freeze = FreezeWatch(freeze_limit(settings.session_timeout_s))
 
-    @app.timer(interval=1.0, on_leader=False)
-    async def freeze_watch() -> None:
-        GUARDS.freeze.tick()
-
     async def new_assignment(*_args: Any, **_kwargs: Any) -> None:
+        GUARDS.freeze.start(asyncio.get_running_loop())  # from the first assignment on (FreezeWatch.start)
         GUARDS.order.reset()  # judged against the committed offsets again (InputOrder)
 
     app.on_partitions_revoked.connect(new_assignment, weak=False)

@@ -51,6 +51,34 @@ def test_sigstopped_worker_past_the_session_timeout_does_not_double_reserve(tmp_
         assert any(code == 70 for _, code in report.restarts)
 
 
+def test_worker_frozen_during_its_first_table_recovery_is_fenced(tmp_path: Path) -> None:
+    """Scenario 3b: a second worker joins a running one and is SIGSTOPped while its first table
+    recovery runs (right after its bulk restore starts), past the session timeout.  faust starts
+    timers only after the first recovery, so a freeze watch run by a timer never saw this freeze
+    (the SIGSTOP scenario froze a late-joining worker once in CI, 2026-12-05, and it woke up
+    unfenced).  It ticks on the loop from the first assignment now: the woken worker exits (70)."""
+    with scenario("frozenstart", tmp_path, workers=1, PEAKROUTE_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S),
+                  loglevel="info") as sc:
+        load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(30, 60), seed=29)
+        sc.wait_processing()
+        late = sc.pool.add()
+        deadline = time.monotonic() + 90
+        while "table restore: reading" not in late.logs():
+            assert time.monotonic() < deadline, "the joining worker never started its table restore"
+            time.sleep(0.02)
+        pid = late.pid
+        late.send(signal.SIGSTOP)
+        sc.note(f"SIGSTOP {late.name} (pid {pid}) in its first table recovery, for {SESSION_TIMEOUT_S + 8} s")
+        time.sleep(SESSION_TIMEOUT_S + 8)
+        os.kill(pid, signal.SIGCONT)
+        sc.fault_over()
+        time.sleep(3)
+        sc.note(f"after SIGCONT the old process {'exited (fenced)' if not pid_alive(pid) else 'is still running'}")
+        report = finish(sc, load)
+        assert "event loop frozen" in late.logs(), "the worker frozen in its first recovery was not fenced"
+        assert (late.name, 70) in report.restarts
+
+
 def test_kafka_broker_stopped_and_restarted_mid_stream(tmp_path: Path) -> None:
     """Scenario 4: SIGTERM the broker under load (clean shutdown, data kept on disk), leave it down
     a few seconds, start it again.  Producers keep their messages queued and deliver them when

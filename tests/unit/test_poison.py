@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,28 @@ def test_freeze_watch(monkeypatch: pytest.MonkeyPatch) -> None:
         watch.check("agent", now=109.0)
     with pytest.raises(Died):
         watch.tick(now=120.0)  # the watch itself notices the gap
+
+
+def test_freeze_watch_ticks_on_the_loop_from_its_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started at the first assignment (before faust's first recovery, when faust timers do not
+    run yet): a loop blocked longer than the limit is noticed by the watch's own next tick."""
+    deaths: list[str] = []
+    monkeypatch.setattr(common, "die", lambda stage, exc: deaths.append(f"{stage}: {exc}"))
+    watch = FreezeWatch(limit_s=0.2)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        watch.start(loop, interval_s=0.02)
+        first = watch.last_tick
+        watch.start(loop, interval_s=0.02)  # a second assignment: still one chain of ticks
+        await asyncio.sleep(0.1)
+        assert watch.last_tick is not None and first is not None and watch.last_tick > first
+        assert not deaths
+        time.sleep(0.35)  # the loop stands still (as under SIGSTOP)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert len(deaths) == 1 and deaths[0].startswith("freeze-watch: event loop frozen")
 
 
 def test_freeze_limit_stays_under_the_session_timeout() -> None:
