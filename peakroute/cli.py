@@ -69,6 +69,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True,
                           logging_config=logging_config(settings.log_level, settings.log_format, args.loglevel))
+    # No terminal spinner: faust's sets the root handler's level to --loglevel (warning by default),
+    # which silenced PEAKROUTE_LOG_LEVEL=INFO lines (table restores, republished stock views), and
+    # it wrote terminal escape codes into every worker log.
+    worker.spinner = None
     # Everything built so far (modules, the app, its agents and tables) lives as long as the
     # process: moved out of the collector's reach, a full collection no longer walks it (measured
     # in benchmarks/RESULTS.md: the pauses of the oldest generation).

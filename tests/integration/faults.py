@@ -69,7 +69,7 @@ class Worker:
         self.generation += 1
         # PEAKROUTE_FAULT_WORKER_LOGLEVEL=info: faust's rebalance, recovery and seek lines in the
         # kept worker logs (with PEAKROUTE_LOG_LEVEL=DEBUG: every fetch and agent batch), for a bug hunt.
-        loglevel = self.pool.loglevel or os.environ.get("PEAKROUTE_FAULT_WORKER_LOGLEVEL", "warning")
+        loglevel = os.environ.get("PEAKROUTE_FAULT_WORKER_LOGLEVEL", "warning")
         self.proc = PeakrouteProcess(self.pool.settings, ["worker", "--metrics-port", "0", "--loglevel", loglevel],
                                      log, **self.pool.env)
         self.wanted = True
@@ -103,9 +103,8 @@ class WorkerPool:
     """Worker processes plus a supervisor thread that restarts any that exits on its own, as
     compose ``restart: unless-stopped`` or systemd would (``die()`` exits with code 70 by design)."""
 
-    def __init__(self, settings: Settings, log_dir: Path, loglevel: str | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.settings, self.log_dir, self.env = settings, log_dir, {"PYTHONUNBUFFERED": "1", **env}
-        self.loglevel = loglevel  # the workers' --loglevel, if a scenario needs their info lines
         log_dir.mkdir(parents=True, exist_ok=True)
         self.workers: list[Worker] = []
         self.restarts: list[tuple[str, int]] = []  # (worker, exit code) of unplanned exits
@@ -276,8 +275,7 @@ class Scenario:
 
 
 @contextmanager
-def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, loglevel: str | None = None,
-             **env: str) -> Iterator[Scenario]:
+def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, **env: str) -> Iterator[Scenario]:
     """A fresh stack with stock seeded and ``workers`` worker processes under the supervisor."""
     with local_stack(tmp / "stack") as base:
         settings = replace(base, app_id=unique_app_id(name))
@@ -286,7 +284,7 @@ def scenario(name: str, tmp: Path, workers: int = 2, units: int = 300, loglevel:
         produce_inventory(producer, generate_stock(catalog, network, units=units,
                                                    scarce={"SKU-LIPSTICK-07": 150, "SKU-EARBUD-W": 200}))
         passed = {k: os.environ[k] for k in ("PEAKROUTE_EVENT_LOOP", "PEAKROUTE_LOG_LEVEL") if k in os.environ}
-        pool = WorkerPool(settings, tmp / "logs", loglevel, **{**passed, **env})
+        pool = WorkerPool(settings, tmp / "logs", **{**passed, **env})
         monitor = LagMonitor(settings)
         sc = Scenario(name, settings, tmp, pool, monitor)
         for _ in range(workers):

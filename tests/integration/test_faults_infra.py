@@ -57,8 +57,7 @@ def test_worker_frozen_during_its_first_table_recovery_is_fenced(tmp_path: Path)
     timers only after the first recovery, so a freeze watch run by a timer never saw this freeze
     (the SIGSTOP scenario froze a late-joining worker once in CI, 2026-12-05, and it woke up
     unfenced).  It ticks on the loop from the first assignment now: the woken worker exits (70)."""
-    with scenario("frozenstart", tmp_path, workers=1, PEAKROUTE_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S),
-                  loglevel="info") as sc:
+    with scenario("frozenstart", tmp_path, workers=1, PEAKROUTE_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S)) as sc:
         load = Load(sc.settings, rate=scale(60, 80), duration_s=scale(30, 60), seed=29)
         sc.wait_processing()
         late = sc.pool.add()
