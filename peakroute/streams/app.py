@@ -113,6 +113,7 @@ def build_app(settings: Settings) -> faust.App:
     from ..tables import recovery
 
     recovery.install()  # faust's recovery loop, a group of records per wake-up
+    recovery.offsets_on_own_connection(settings.kafka_bootstrap)  # its offset queries not behind a fetch
     if settings.table_store == "rocksdb":
         recovery.raw_changelog_channels(app)  # the store writes the records' bytes: no decoding
     n = settings.partitions

@@ -76,3 +76,46 @@ def test_changelog_records_land_in_rocksdb_and_a_second_restore_reads_only_the_n
         finally:
             for db in dbs.values():
                 db.close()
+
+
+def test_recovery_offset_queries_answer_what_fausts_consumer_path_answers(stack_settings) -> None:
+    """tables/recovery.OffsetQueries (faust's recovery's offset queries on their own connection)
+    against aiokafka's end_offsets / beginning_offsets (faust's own path), on a real broker, with
+    a log start offset moved by a records deletion."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from faust.types import TP
+
+    from peakroute.tables.recovery import OffsetQueries
+
+    settings = stack_settings
+    topic = f"offset-queries-{time.time_ns()}"
+    LocalStack(settings).ensure_topics([TopicSpec(topic, 2)])
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i in range(5):
+        producer.produce(topic, b"x", b"k%d" % i, partition=0)
+    for i in range(3):
+        producer.produce(topic, b"x", b"k%d" % i, partition=1)
+    assert producer.flush(30) == 0
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for fut in admin.delete_records([TopicPartition(topic, 0, 2)]).values():
+        fut.result(30)
+    tps = [TP(topic, 0), TP(topic, 1)]
+
+    async def both() -> tuple[dict, dict, dict, dict]:
+        queries = OffsetQueries(settings.kafka_bootstrap)
+        own = await queries.query(tps, latest=True), await queries.query(tps, latest=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        await consumer.start()
+        try:
+            theirs = await consumer.end_offsets(tps), await consumer.beginning_offsets(tps)
+        finally:
+            await consumer.stop()
+        return (*own, *theirs)
+
+    own_end, own_start, their_end, their_start = asyncio.run(both())
+    assert own_end == {tps[0]: 5, tps[1]: 3} == {tp: their_end[tp] for tp in tps}
+    assert own_start == {tps[0]: 2, tps[1]: 0} == {tp: their_start[tp] for tp in tps}

@@ -131,3 +131,63 @@ def test_a_raw_changelog_channel_hands_over_the_records_bytes() -> None:
         return decoded.key, decoded.value, event.key, event.value
 
     assert asyncio.run(main()) == ("k", {"a": 1}, b'"k"', b'{"a": 1}')
+
+
+class _FakeAdmin:
+    """list_offsets answered from a dict, as confluent's AdminClient would (one future per partition)."""
+
+    def __init__(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.offsets, self.calls = offsets, []
+
+    def list_offsets(self, request, **kwargs):
+        import concurrent.futures
+
+        self.calls.append((request, kwargs))
+        out = {}
+        for ctp in request:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_result(SimpleNamespace(offset=self.offsets[(ctp.topic, ctp.partition)]))
+            out[ctp] = fut
+        return out
+
+
+def test_offset_queries_answer_for_fausts_partitions() -> None:
+    from confluent_kafka import IsolationLevel
+
+    queries = recovery.OffsetQueries("127.0.0.1:1")
+    queries._admin = _FakeAdmin({("t-changelog", 0): 41, ("t-changelog", 3): 7})
+    tps = [TP("t-changelog", 0), TP("t-changelog", 3)]
+    assert asyncio.run(queries.query(tps, latest=True)) == {tps[0]: 41, tps[1]: 7}
+    assert asyncio.run(queries.query([], latest=False)) == {}  # nothing asked of the broker
+    assert len(queries._admin.calls) == 1
+    assert queries._admin.calls[0][1]["isolation_level"] == IsolationLevel.READ_UNCOMMITTED
+
+
+def test_offset_queries_fall_back_to_fausts_path_on_error_or_in_a_transaction(monkeypatch) -> None:
+    from faust.transport.drivers.aiokafka import Consumer
+
+    asked: list[tuple[str, tuple]] = []
+
+    async def faust_highwaters(self, *partitions):
+        asked.append(("faust", partitions))
+        return {tp: 99 for tp in partitions}
+
+    monkeypatch.setattr(Consumer, "highwaters", faust_highwaters)
+    monkeypatch.setattr(Consumer, "earliest_offsets", faust_highwaters)
+
+    async def broken(self, partitions, latest):
+        asked.append(("own", tuple(partitions)))
+        raise RuntimeError("broker away")
+
+    monkeypatch.setattr(recovery.OffsetQueries, "query", broken)
+    recovery.offsets_on_own_connection("127.0.0.1:1")
+    recovery.offsets_on_own_connection("127.0.0.1:1")  # again: wraps faust's, not its own wrapper
+    assert Consumer.highwaters._peakroute_original is faust_highwaters
+    tp = TP("t-changelog", 1)
+    consumer = SimpleNamespace(in_transaction=False)
+    assert asyncio.run(Consumer.highwaters(consumer, tp)) == {tp: 99}
+    assert asked == [("own", (tp,)), ("faust", (tp,))]
+    asked.clear()
+    consumer.in_transaction = True
+    assert asyncio.run(Consumer.earliest_offsets(consumer, tp)) == {tp: 99}
+    assert asked == [("faust", (tp,))]
