@@ -28,6 +28,11 @@ How it measures (see benchmarks/RESULTS.md for the results and their reading):
   same rates, then ``peakroute audit`` must find zero oversold units.
 * **Soak** = ``--soak-min`` minutes at half the max sustained rate (or ``--soak-rate``); worker RSS
   and CPU sampled every 10 s, latency reported per minute too.
+* **Warm-up** = ``--warm-s`` seconds at the first rate before the first measured step, not
+  reported: a fresh broker's JIT compiler takes 30-50% of a core for a minute or two.
+* **Pinned** (``--pin-workers 1``) = the workers (and the ceiling's passthrough) on the CPUs named,
+  the broker, Redis, the load generator and the collector on the others: a worker with a core of
+  its own, the per-core figure a capacity model needs.  Each step records every CPU's busy %.
 """
 
 from __future__ import annotations
@@ -235,6 +240,10 @@ class Step:
     worker_restarts: int = 0  #: workers that exited during the step and were restarted (a supervisor's job)
     #: steps of two minutes or more: [p50, p99] ms of the orders whose reference payload was due in each minute
     by_minute_ms: list[list[float]] = field(default_factory=list)
+    #: each CPU's busy % while the step's payloads went out (which side saturates, when pinned)
+    cpu_pct: list[float] = field(default_factory=list)
+    #: CPU % (of one core) by process kind over the same time: workers, kafka, redis, load generator
+    proc_cpu_pct: dict[str, float] = field(default_factory=dict)
 
 
 def routable_orders(wl: Workload) -> set[str]:
@@ -249,7 +258,13 @@ def routable_orders(wl: Workload) -> set[str]:
 def run_step(label: str, workers: int, producer: Producer, collector: RequestCollector, wl: Workload,
              rate: float, seconds: float, grace: float) -> Step:
     t0 = time.time() + 0.5
+    psutil.cpu_percent(percpu=True)  # starts the interval the next call measures
+    before, started = process_cpu(), time.monotonic()
     behind = produce_open_loop(producer, wl, t0)
+    cpu_pct = psutil.cpu_percent(percpu=True)
+    after, took = process_cpu(), time.monotonic() - started
+    proc_cpu_pct = {kind: round((after.get(kind, 0.0) - before.get(kind, 0.0)) / took * 100, 1)
+                    for kind in sorted(after)}
     end = t0 + seconds
     want = routable_orders(wl)
 
@@ -287,7 +302,27 @@ def run_step(label: str, workers: int, producer: Producer, collector: RequestCol
                 round(drained_after, 2), sustained, round(len(done) / max(0.001, last_done - min(first, t0)), 1),
                 round(os.getloadavg()[0], 2),
                 by_minute_ms=[[m.get_value_at_percentile(50), m.get_value_at_percentile(99)]
-                              for m in minutes if m.get_total_count()])
+                              for m in minutes if m.get_total_count()], cpu_pct=cpu_pct,
+                proc_cpu_pct=proc_cpu_pct)
+
+
+def process_cpu() -> dict[str, float]:
+    """CPU seconds so far by kind of process: this load generator (and its collector), and of its
+    children the workers, the Kafka broker and redis-server.  (A child that exited meanwhile drops
+    out: compare steps without restarts.)"""
+    out: dict[str, float] = {}
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                name, cmd = proc.name(), " ".join(proc.cmdline()[:4])
+        except psutil.Error:
+            continue
+        kind = ("load generator" if proc.pid == me.pid else "worker" if "peakroute worker" in cmd
+                else "kafka" if name == "java" else "redis" if "redis" in name else "other")
+        out[kind] = out.get(kind, 0.0) + times.user + times.system
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,8 +372,9 @@ class Hist:
 
 
 class Workers:
-    def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str]) -> None:
-        self.logdir, self.env, self.starts = logdir, env, 0
+    def __init__(self, settings: Settings, n: int, logdir: Path, env: dict[str, str],
+                 cpus: set[int] | None = None) -> None:
+        self.logdir, self.env, self.starts, self.cpus = logdir, env, 0, cpus
         self.ports = [0] * n  # each worker's /metrics (read by histograms)
         self.procs = [self._start(i) for i in range(n)]
 
@@ -350,7 +386,8 @@ class Workers:
         return subprocess.Popen([sys.executable, "-m", "peakroute", "worker", "--metrics-port", str(self.ports[i])],
                                 env=self.env,
                                 stdout=open(self.logdir / f"worker{i}-{self.starts}.log", "wb"),
-                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                preexec_fn=pinned(self.cpus))
 
     def restart_dead(self) -> list[int]:
         """Restart every worker that exited (as compose/systemd would); return their exit codes."""
@@ -507,7 +544,14 @@ print(n / (time.perf_counter() - t0))
 """
 
 
-def ceiling(settings: Settings, payloads: list[SimEvent], copies: int) -> float:
+def pinned(cpus: set[int] | None) -> Any:
+    """A ``preexec_fn`` that puts the child on ``cpus`` (its threads inherit it), or None."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def ceiling(settings: Settings, payloads: list[SimEvent], copies: int, cpus: set[int] | None = None) -> float:
     """Messages/s of a one-process raw consume→produce loop (acks=all, idempotent, like the worker's
     producer) over ``copies`` × the workload's payloads; input pre-filled, so only the loop is timed."""
     from peakroute.stack import LocalStack, TopicSpec
@@ -527,7 +571,7 @@ def ceiling(settings: Settings, payloads: list[SimEvent], copies: int) -> float:
             total += 1
     p.flush(120)
     out = subprocess.run([sys.executable, "-c", PASSTHROUGH, settings.kafka_bootstrap, src, dst, str(total)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, preexec_fn=pinned(cpus))
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return float(out.stdout.strip().splitlines()[-1])
@@ -582,13 +626,28 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
         producer.flush(30)
         logdir = tmp / f"logs-{'hot' if hot else 'n'}{workers}"
         logdir.mkdir(exist_ok=True)
-        procs = Workers(settings, workers, logdir, env)
+        procs = Workers(settings, workers, logdir, env, cpus=args.pin_workers)
         collector = RequestCollector(settings.kafka_bootstrap, [w.code for w in network.warehouses], settings.partitions)
         collector.start()
         surge = hot_surge(catalog, 0.30, args.seed) if hot else None
         steps: list[Step] = []
         try:
             warm_up(producer, collector, catalog, args.seed + 1)
+            if args.warm_s > 0:
+                # A fresh broker's JIT compiler takes 30-50% of a core for its first minute or two
+                # (RESULTS.md, 2026-12-05 evening): measured steps start after it, at the normal
+                # mix (the hot SKU's stock stays for the measured steps).
+                wl = workload(catalog, args.rates[0], args.warm_s, args.seed + 50, None)
+                step = run_step("warm-up", workers, producer, collector, wl, args.rates[0], args.warm_s, args.grace)
+                line = (f"  warm-up  workers={workers} offered={args.rates[0]:7.0f}/s for {args.warm_s:g} s (not "
+                        f"reported): p50={step.p50_ms}ms p99={step.p99_ms}ms CPU % {step.proc_cpu_pct}")
+                print(line, flush=True)
+                log.append(line)
+                extra["warm_up"] = {"rate": args.rates[0], "seconds": args.warm_s, "p99_ms": step.p99_ms,
+                                    "proc_cpu_pct": step.proc_cpu_pct}
+                t = time.time() + 120
+                while time.time() < t and lag(settings) > 0:
+                    time.sleep(1)
             failures = 0
             for i, rate in enumerate(args.rates):
                 wl = workload(catalog, rate, args.step_s, args.seed + 100 + i, surge)
@@ -630,7 +689,7 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
                 extra["soak"] = soak(args, catalog, settings, producer, collector, procs, steps)
             if not hot and workers == args.workers[0] and args.ceiling_copies > 0:
                 sample = workload(catalog, max(args.rates), min(args.step_s, 10), args.seed + 7, None).events
-                extra["ceiling_msgs_s"] = round(ceiling(settings, sample, args.ceiling_copies))
+                extra["ceiling_msgs_s"] = round(ceiling(settings, sample, args.ceiling_copies, args.pin_workers))
                 extra["ceiling_payload_bytes_avg"] = round(sum(len(e.payload) for e in sample) / len(sample))
         finally:
             procs.stop()
@@ -830,25 +889,31 @@ def git_commit() -> str:
 
 
 def report(args: argparse.Namespace, meta: dict[str, Any], runs: dict[str, tuple[list[Step], dict[str, Any]]]) -> str:
+    pin = meta.get("pinned")
+    where = (f"workers pinned to CPU {','.join(map(str, pin['workers']))}, the broker, Redis and the load generator "
+             f"to CPU {','.join(map(str, pin['rest']))}" if pin else "same cores")
     lines = [f"### Load test {meta['date']}, commit {meta.get('commit', 'unknown')}", "",
              f"`{meta['command']}`", "",
              f"Machine: {meta['cores']} cores, {meta['ram_gib']} GiB, load {meta['load_1m_at_start']:.2f} at start; "
              f"Python {meta['python']}, faust-streaming {meta['faust']}, confluent-kafka {meta['confluent_kafka']} "
-             f"(librdkafka {meta['librdkafka']}), Kafka {meta['kafka']} (one broker, same cores), "
+             f"(librdkafka {meta['librdkafka']}), Kafka {meta['kafka']} (one broker, {where}), "
              f"{meta['partitions']} partitions, tables in {meta.get('table_store', 'memory')}, "
              f"step {args.step_s:g} s, grace {args.grace:g} s.", ""]
     ceil = None
     for extra in (e for _, e in runs.values()):
         ceil = extra.get("ceiling_msgs_s") or ceil
     lines += ["| run | workers | offered orders/s | payloads | routed+backordered / routable | p50 ms | p99 ms | p99.9 ms | max ms "
-              "| producer behind ms | drained after s | sustained | load1 | worker restarts |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| producer behind ms | drained after s | sustained | load1 | worker restarts | CPU busy % by core "
+              "| CPU % by process (100 = one core) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     best: dict[str, float] = {}
     for name, (steps, _) in runs.items():
         for s in steps:
             lines.append(f"| {s.label} | {s.workers} | {s.offered_orders_s:g} | {s.payloads} | {s.routed}/{s.routable} "
                          f"+{s.backordered} | {s.p50_ms} | {s.p99_ms} | {s.p999_ms} | {s.max_ms} | {s.producer_behind_ms} "
-                         f"| {s.drained_after_s} | {'yes' if s.sustained else '**no**'} | {s.load1} | {s.worker_restarts} |")
+                         f"| {s.drained_after_s} | {'yes' if s.sustained else '**no**'} | {s.load1} | {s.worker_restarts} "
+                         f"| {' / '.join(f'{c:.0f}' for c in s.cpu_pct)} "
+                         f"| {', '.join(f'{k} {v:.0f}' for k, v in s.proc_cpu_pct.items())} |")
             if s.sustained:
                 pay_rate = s.payloads / s.seconds
                 if pay_rate > best.get(name + ":payloads", 0):
@@ -926,17 +991,33 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261111)
     ap.add_argument("--worker-env", action="append", default=[], metavar="PEAKROUTE_NAME=VALUE",
                     help="a setting for the worker processes (repeatable), e.g. PEAKROUTE_BATCH_WAIT_MS=40")
+    ap.add_argument("--warm-s", type=float, default=60.0,
+                    help="seconds of load at the first rate before the measured steps, not reported: a fresh "
+                         "broker's JIT compiler is busy for its first minute or two (default %(default)s)")
+    ap.add_argument("--pin-workers", default="", metavar="CPUS",
+                    help="run the workers (and the ceiling's passthrough) on these CPUs, e.g. 1, and the broker, "
+                         "Redis and this load generator on the others: a worker with a core of its own")
     ap.add_argument("--smoke", action="store_true", help="a few seconds per part (the test suite runs this)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the .md/.json results")
     args = ap.parse_args()
     if args.smoke:
         args.rates, args.step_s, args.workers, args.soak_min, args.ceiling_copies = "20", 3.0, "1", 0.15, 1
+        args.warm_s = 2.0
         args.grace = 10.0
     args.rates = [float(r) for r in str(args.rates).split(",")]
     args.workers = [int(w) for w in str(args.workers).split(",")]
+    args.pin_workers = {int(c) for c in args.pin_workers.split(",") if c.strip()} or None
+    if args.pin_workers:
+        rest = os.sched_getaffinity(0) - args.pin_workers
+        if not rest or not args.pin_workers <= os.sched_getaffinity(0):
+            raise SystemExit(f"--pin-workers {sorted(args.pin_workers)}: must name some, not all, of the CPUs "
+                             f"{sorted(os.sched_getaffinity(0))}")
+        os.sched_setaffinity(0, rest)  # this process and what it starts: the stack, the collector
     catalog = load_catalog()
     meta = machine()
     meta["command"] = "python benchmarks/loadtest.py " + " ".join(sys.argv[1:])
+    meta["pinned"] = ({"workers": sorted(args.pin_workers), "rest": sorted(os.sched_getaffinity(0))}
+                      if args.pin_workers else None)
     meta["partitions"] = Settings.from_env().partitions
     meta["table_store"] = Settings.from_env().table_store
     runs: dict[str, tuple[list[Step], dict[str, Any]]] = {}

@@ -69,6 +69,9 @@ class Settings:
     kafka_version: str = "4.1.1"
     #: KRaft controller port of the local broker.
     kafka_controller_port: int = 9093
+    #: Extra JVM options of the local broker (``peakroute stack up``), space-separated, after the
+    #: project's own (heap, G1); e.g. ``-XX:TieredStopAtLevel=1``.
+    kafka_jvm_opts: str = ""
     #: Partitions of every project topic (raw, canonical, tables).  Fixed at topic creation.
     partitions: int = 6
     #: Faust application id (consumer group and changelog topic prefix).

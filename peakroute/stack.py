@@ -833,7 +833,7 @@ class LocalStack:
         host, port = parse_bootstrap(self.settings.kafka_bootstrap)
         self.log(f"starting Kafka {self.settings.kafka_version} on {host}:{port}…")
         cmd = [java, "-Xmx1g", "-Xms256m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true", *self.settings.kafka_jvm_opts.split(),
                *self._java_cmd(java, libs, "kafka.Kafka", str(self.kafka_props))[1:]]
         return self._spawn(cmd, self.kafka_log, self.kafka_pid_file, self.kafka_dir)
 

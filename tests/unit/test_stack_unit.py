@@ -284,3 +284,20 @@ def test_failure_tail_shows_only_the_last_run(tmp_path: Path) -> None:
     f = tmp_path / "kafka.log"
     f.write_text(f"old 1\nold 2\n{stack.RUN_BANNER} x -----\nnew 1\nnew 2\n")
     assert LocalStack._last_run_tail(f) == "new 1\nnew 2"
+
+
+def test_kafka_jvm_opts_go_before_the_main_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PEAKROUTE_KAFKA_JVM_OPTS reach the broker's JVM as options (before ``kafka.Kafka``), after
+    the project's own, so a later one (another heap size, say) wins."""
+    settings = _settings(tmp_path, {"PEAKROUTE_KAFKA_JVM_OPTS": " -XX:TieredStopAtLevel=1  -Xmx2g "})
+    local = LocalStack(settings)
+    local.kafka_data.mkdir(parents=True)
+    (local.kafka_data / "meta.properties").write_text("cluster.id=x\n")  # formatted already: no StorageTool run
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(LocalStack, "_spawn", lambda self, cmd, *a: spawned.append(cmd))
+    local._start_kafka("/usr/bin/java", tmp_path / "libs")
+    cmd = spawned[0]
+    main = cmd.index("kafka.Kafka")
+    assert cmd.index("-XX:TieredStopAtLevel=1") < main and cmd.index("-Xmx2g") < main
+    assert cmd.index("-Xmx1g") < cmd.index("-Xmx2g")
+    assert "" not in cmd
