@@ -599,6 +599,13 @@ def worker_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def drain_backlog(settings: Settings, limit_s: float = 120.0) -> None:
+    """Wait (up to ``limit_s``) until the workers have no backlog left."""
+    t = time.time() + limit_s
+    while time.time() < t and lag(settings) > 0:
+        time.sleep(1)
+
+
 def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, hot: bool,
           log: list[str]) -> tuple[list[Step], dict[str, Any]]:
     """Fresh stack, ``workers`` worker processes, the rate steps in order until two in a row fail."""
@@ -645,9 +652,7 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
                 log.append(line)
                 extra["warm_up"] = {"rate": args.rates[0], "seconds": args.warm_s, "p99_ms": step.p99_ms,
                                     "proc_cpu_pct": step.proc_cpu_pct}
-                t = time.time() + 120
-                while time.time() < t and lag(settings) > 0:
-                    time.sleep(1)
+                drain_backlog(settings)
             failures = 0
             for i, rate in enumerate(args.rates):
                 wl = workload(catalog, rate, args.step_s, args.seed + 100 + i, surge)
@@ -671,10 +676,7 @@ def sweep(args: argparse.Namespace, catalog: Catalog, workers: int, tmp: Path, h
                 failures = 0 if step.sustained else failures + 1
                 if failures >= 2:
                     break
-                # Let any backlog drain before the next step, so steps do not contaminate each other.
-                t = time.time() + 120
-                while time.time() < t and lag(settings) > 0:
-                    time.sleep(1)
+                drain_backlog(settings)  # so steps do not contaminate each other
             extra["rss_mb_after_sweep"] = procs.rss_mb()
             extra["changelog_bytes"] = state_bytes(settings)
             extra["orders_total"] = sum(s.new_orders for s in steps)
