@@ -44,7 +44,7 @@ def build_api(settings: Settings, *, use_redis: bool = True) -> web.Application:
     from .domain.catalog import load_catalog
     from .tables.breaker_store import BreakerStore
 
-    breakers = BreakerStore(settings.redis_url)
+    breakers = BreakerStore(settings.redis_url, settings.partitions)
     ops.add_routes(app, settings, sink, breakers, load_catalog(settings.catalog_file or None))
 
     async def order_status(request: web.Request) -> web.Response:

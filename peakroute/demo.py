@@ -277,7 +277,7 @@ def wait_breakers_closed(settings: Settings, timeout: float = 240) -> float:
     from .tables.breaker_store import BreakerStore
 
     async def holding() -> tuple[int, list[str]]:
-        store = BreakerStore(settings.redis_url)
+        store = BreakerStore(settings.redis_url, settings.partitions)
         try:
             breakers = await store.all()
             keys = [k for k, b in breakers.items() if b.holding]
@@ -303,7 +303,7 @@ def wait_breakers_closed(settings: Settings, timeout: float = 240) -> float:
 async def _breaker_trips(settings: Settings) -> dict[str, int]:
     from .tables.breaker_store import BreakerStore
 
-    store = BreakerStore(settings.redis_url)
+    store = BreakerStore(settings.redis_url, settings.partitions)
     try:
         return {k: b.trips for k, b in (await store.all()).items() if b.trips}
     finally:

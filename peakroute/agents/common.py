@@ -8,7 +8,6 @@ import json
 import logging
 import time
 import traceback
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from ..domain.deadletter import Source, dead_letter
+from ..domain.inventory import sku_partition  # noqa: F401 - re-exported: the agents' one import place
 from ..metrics import registry as m
 from ..streams.codecs import dumps
 from ..tables.packed import PackedTable
@@ -26,11 +26,6 @@ from ..tables.store import Store as RocksStore
 from ..tables.store import table_get
 
 log = logging.getLogger("peakroute.agents")
-
-
-def sku_partition(sku: str, partitions: int) -> int:
-    """The partition that owns a SKU's stock (stable across processes and restarts)."""
-    return zlib.crc32(sku.encode()) % partitions
 
 
 def order_partition(channel_order_id: str, partitions: int) -> int:

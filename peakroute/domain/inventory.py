@@ -11,6 +11,7 @@ Message types (UTF-8 JSON objects; a public contract, see README):
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -19,6 +20,11 @@ from .canonical import Rejection
 from .catalog import Catalog
 
 MAX_UNITS = 100_000_000
+
+
+def sku_partition(sku: str, partitions: int) -> int:
+    """The partition that owns a SKU's stock (stable across processes and restarts)."""
+    return zlib.crc32(sku.encode()) % partitions
 
 
 def _int(doc: dict, name: str, *, minimum: int | None = None) -> int:

@@ -120,7 +120,7 @@ def build_app(settings: Settings) -> faust.App:
     catalog = load_catalog(settings.catalog_file or None)
     network = load_network(settings.network_file or None)
     views = RedisViews(settings.redis_url)
-    breakers = BreakerStore(settings.redis_url)
+    breakers = BreakerStore(settings.redis_url, settings.partitions)
     breaker_cfg = settings.breaker_config()
     # Each batch's outgoing messages, and the tables' changelog records, go through librdkafka: one
     # producer per agent that keeps tables, so that an agent's effects wait (prior_writes_durable)
@@ -167,7 +167,7 @@ def build_app(settings: Settings) -> faust.App:
                          batch_wait_s=wait_s, batching=settings.batching,
                          internal_waits={STOCK_REPLIES: internal_wait_s})
     breaker.register(app, replies=stock_replies, state_table=order_state, store=breakers, cfg=breaker_cfg,
-                     watch=watch)
+                     watch=watch, stock_ops_topic=STOCK_OPS)
     order_tables = list(tables)
     levels = table("stock-levels", "sku|warehouse -> [on_hand, reserved, safety]")
     stock.register(app, stock_ops=stock_ops, replies=stock_replies, dlq=dlq, views=views, levels=levels,

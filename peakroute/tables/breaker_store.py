@@ -4,12 +4,22 @@ Why Redis: a channel's orders are spread over every partition and worker, so its
 counted globally, and the breaker's state must be the same for all of them and survive a worker
 restart.  Redis is the one place every process already talks to (documented in README).
 
-- ``peakroute:rate:<epoch second>``        hash key → orders counted in that second (expires after 5 min)
+The breakers are split in *shards* (``domain.breaker.shard_of``): a SKU's goes with the partition
+that owns the SKU's stock, a channel's in shard ``c``.  Each worker evaluates the shards of the
+stock partitions it owns (the leader also ``c``), so the once-a-second tick is spread over the
+workers like the SKUs are, instead of one leader evaluating every active SKU.
+
+- ``peakroute:rate:<epoch second>:<shard>`` hash key → orders counted in that second (expires after 5 min)
 - ``peakroute:breaker:keys``               set of keys ever counted
-- ``peakroute:breakers``                   hash key → breaker JSON (changed with WATCH/MULTI)
+- ``peakroute:breakers``                   hash key → breaker JSON (every shard: one place to read)
+- ``peakroute:breakers:shard:<shard>``     hash: ``tick`` (number of the shard's last evaluation),
+                                           ``at`` (its epoch time), ``v`` (writes); every write of
+                                           a breaker changes it, and every writer WATCHes the shards
+                                           it reads — optimistic, per shard, not per hash
 - ``peakroute:breakers:not-closed``        set of the keys whose breaker is open or half-open (kept
                                            in the same transactions; ``…:indexed`` marks it built)
-- ``peakroute:breaker:tick``               number of the last evaluation tick
+- ``peakroute:breaker:tick``               the last tick number of the single-leader layout (before
+                                           shards): a shard's first tick continues from it
 - ``peakroute:held:<key>``                 sorted set "partition|order_id" by hold time
 - ``peakroute:held-orders``                hash order_id → JSON (key, partition, held_at, channel, skus)
 
@@ -28,7 +38,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from ..domain.breaker import Breaker
+from ..domain.breaker import Breaker, shard_of
 
 BREAKERS = "peakroute:breakers"
 KEYS = "peakroute:breaker:keys"
@@ -38,10 +48,15 @@ NOT_CLOSED_BUILT = "peakroute:breakers:not-closed:indexed"
 TICK = "peakroute:breaker:tick"
 
 
-def rate_key(second: int) -> str:
-    """The hash of one second's counts, key → orders: a tick reads its window's ten hashes, so it
-    costs what was counted, not every key ever counted times the window."""
-    return f"peakroute:rate:{second}"
+def rate_key(second: int, shard: str) -> str:
+    """The hash of one second's counts of one shard, key → orders: a tick reads its window's ten
+    hashes of each shard it evaluates, so it costs what was counted there, not every key ever
+    counted times the window, nor the other workers' keys."""
+    return f"peakroute:rate:{second}:{shard}"
+
+
+def shard_key(shard: str) -> str:
+    return f"peakroute:breakers:shard:{shard}"
 
 
 def held_key(key: str) -> str:
@@ -63,6 +78,13 @@ end
 return n
 """
 
+#: The held counts of many keys in one request: KEYS = their held sets.
+_ZCARDS = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('ZCARD', KEYS[i]) end
+return out
+"""
+
 
 def _note_not_closed(pipe: Any, breakers: dict[str, Breaker]) -> None:
     """Keep the not-closed index in step with breakers being written (inside their transaction)."""
@@ -75,11 +97,22 @@ def _note_not_closed(pipe: Any, breakers: dict[str, Breaker]) -> None:
 
 
 class BreakerStore:
-    def __init__(self, redis_url: str) -> None:
+    """``partitions``: of the stock topics (``Settings.partitions``); it decides each SKU key's
+    shard, so every process that counts or writes breakers must use the workers' value."""
+
+    def __init__(self, redis_url: str, partitions: int) -> None:
         self.redis = aioredis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.partitions = partitions
         self._holding: tuple[float, set[str]] = (0.0, set())
         self._indexed = False
         self._count = self.redis.register_script(_COUNT)
+        self._zcards = self.redis.register_script(_ZCARDS)
+
+    def shard(self, key: str) -> str:
+        return shard_of(key, self.partitions)
+
+    def all_shards(self) -> list[str]:
+        return [*(str(p) for p in range(self.partitions)), "c"]
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -98,21 +131,23 @@ class BreakerStore:
         args: list[Any] = [300]
         for (k, _sec), n in counts.items():
             args += (k, n)
-        await self._count(keys=[KEYS, *(rate_key(sec) for _k, sec in counts)],
+        await self._count(keys=[KEYS, *(rate_key(sec, self.shard(k)) for k, sec in counts)],
                           args=[*args, *{k for k, _ in counts}])
 
-    async def rates(self, window_s: int, now: float | None = None) -> dict[str, float]:
-        """Orders/s per key over the last ``window_s`` complete seconds, for the keys counted in
-        them (a key absent had none)."""
+    async def rates(self, window_s: int, now: float | None = None,
+                    shards: Iterable[str] | None = None) -> dict[str, float]:
+        """Orders/s per key over the last ``window_s`` complete seconds, for the keys of ``shards``
+        (default: all) counted in them (a key absent had none)."""
         end = int(time.time() if now is None else now)
         pipe = self.redis.pipeline(transaction=False)
-        for second in range(end - window_s, end):
-            pipe.hgetall(rate_key(second))
-        totals: Counter[str] = Counter()
+        for shard in self.all_shards() if shards is None else shards:
+            for second in range(end - window_s, end):
+                pipe.hgetall(rate_key(second, shard))
+        totals: Counter[bytes] = Counter()
         for counts in await pipe.execute():
             for k, n in counts.items():
-                totals[k.decode()] += int(n)
-        return {k: n / window_s for k, n in totals.items()}
+                totals[k] += int(n)
+        return {k.decode(): n / window_s for k, n in totals.items()}
 
     # -- breakers --------------------------------------------------------------------------------
     async def all(self) -> dict[str, Breaker]:
@@ -124,27 +159,37 @@ class BreakerStore:
         return Breaker.from_dict(orjson.loads(raw)) if raw else None
 
     async def update(self, key: str, change: Callable[[Breaker], Breaker]) -> Breaker:
-        """Read-modify-write one breaker atomically (optimistic WATCH/MULTI, retried)."""
+        """Read-modify-write one breaker atomically (optimistic: WATCH its shard, MULTI, retried)."""
         await self._index_not_closed()
+        shard = shard_key(self.shard(key))
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(BREAKERS)
+                    await pipe.watch(shard)
                     raw = await pipe.hget(BREAKERS, key)
                     current = Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key)
                     new = change(current)
                     pipe.multi()
                     pipe.hset(BREAKERS, key, orjson.dumps(new.to_dict()))
+                    pipe.hincrby(shard, "v", 1)
                     _note_not_closed(pipe, {key: new})
                     await pipe.execute()
                     return new
                 except WatchError:
                     continue
 
-    async def evaluate(self, keys: Iterable[str], change: Callable[[str, Breaker, int], Breaker]) -> dict[str, Breaker]:
-        """One evaluation tick: read-modify-write the breakers of ``keys`` in one optimistic
-        transaction (retried whole if anyone — an operator's call, say — wrote a breaker
-        meanwhile), numbering the tick: ``change(key, breaker, tick)``.
+    async def evaluate(self, keys: Iterable[str], change: Callable[[str, Breaker, int], Breaker], *,
+                       shards: Iterable[str] | None = None, now: float | None = None,
+                       min_interval_s: float = 0.0) -> dict[str, Breaker]:
+        """One evaluation tick of ``shards`` (default: those of ``keys``): read-modify-write the
+        breakers of ``keys`` in one optimistic transaction (retried whole if anyone — an
+        operator's call, another worker's tick — wrote one of those shards meanwhile), numbering
+        each shard's tick: ``change(key, breaker, tick)``.  Every shard given is numbered, those
+        with no key to evaluate too: their idle keys' ticks are counted (``catch_up``).  A shard
+        evaluated less than ``min_interval_s`` ago is
+        left out (its keys are not in the result): while a rebalance moves a partition, its old
+        and its new owner may both tick it for a moment, and a breaker must not see two ticks a
+        second (its baseline would decay twice as fast).
 
         Why one transaction and only ``keys``: the tick used to take three round trips per key,
         then one HGETALL of every breaker ever counted — both grow with the catalog; the caller
@@ -152,18 +197,36 @@ class BreakerStore:
         :func:`~peakroute.domain.breaker.catch_up` accounts for the ticks a key sat out.
         ``change`` is called again for every key on a retry: what it records must be overwritten,
         not added up."""
-        keys = list(keys)
+        now = time.time() if now is None else now
+        by_shard: dict[str, list[str]] = {s: [] for s in shards or ()}
+        for key in keys:
+            shard = self.shard(key)
+            if shards is not None and shard not in by_shard:
+                raise ValueError(f"{key} is in shard {shard}, not in the shards ticked {sorted(by_shard)}")
+            by_shard.setdefault(shard, []).append(key)
+        if not by_shard:
+            return {}
         await self._index_not_closed()
+        shards = sorted(by_shard)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(BREAKERS, TICK)
-                    tick = int(await pipe.get(TICK) or 0) + 1
-                    raws = await pipe.hmget(BREAKERS, keys) if keys else []
-                    new = {key: change(key, Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key), tick)
-                           for key, raw in zip(keys, raws, strict=True)}
+                    await pipe.watch(*(shard_key(s) for s in shards))
+                    metas = [await pipe.hmget(shard_key(s), "tick", "at") for s in shards]
+                    legacy = int(await pipe.get(TICK) or 0) if any(t is None for t, _ in metas) else 0
+                    due = {s: int(t) + 1 if t is not None else legacy + 1
+                           for s, (t, at) in zip(shards, metas, strict=True)
+                           if at is None or now - float(at) >= min_interval_s}
+                    todo = [k for s in due for k in by_shard[s]]
+                    raws = await pipe.hmget(BREAKERS, todo) if todo else []
+                    new = {}
+                    for key, raw in zip(todo, raws, strict=True):
+                        b = Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key)
+                        new[key] = change(key, b, due[self.shard(key)])
                     pipe.multi()
-                    pipe.set(TICK, tick)
+                    for s, tick in due.items():
+                        pipe.hset(shard_key(s), mapping={"tick": tick, "at": repr(now)})
+                        pipe.hincrby(shard_key(s), "v", 1)
                     if new:
                         pipe.hset(BREAKERS, mapping={k: orjson.dumps(b.to_dict()) for k, b in new.items()})
                         _note_not_closed(pipe, new)
@@ -172,10 +235,15 @@ class BreakerStore:
                 except WatchError:
                     continue
 
-    async def not_closed(self) -> set[str]:
-        """Keys whose breaker is open or half-open (from the index: no scan of every breaker)."""
+    async def not_closed(self, shards: Iterable[str] | None = None) -> set[str]:
+        """Keys whose breaker is open or half-open (from the index: no scan of every breaker), of
+        ``shards`` (default: all)."""
         await self._index_not_closed()
-        return {k.decode() for k in await self.redis.smembers(NOT_CLOSED)}
+        keys = {k.decode() for k in await self.redis.smembers(NOT_CLOSED)}
+        if shards is None:
+            return keys
+        wanted = set(shards)
+        return {k for k in keys if self.shard(k) in wanted}
 
     async def _index_not_closed(self) -> None:
         """Build the not-closed index once for a Redis whose breakers were written before it
@@ -245,11 +313,13 @@ class BreakerStore:
         return entry if removed else None
 
     async def held_count(self, keys: Iterable[str]) -> dict[str, int]:
+        """Orders held per key, in one request (a tick asks for every key it evaluates: one
+        pipelined ZCARD each cost ~a third of a 10,000-key tick in redis-py's command packing)."""
         keys = list(keys)
-        pipe = self.redis.pipeline(transaction=False)
-        for k in keys:
-            pipe.zcard(held_key(k))
-        return dict(zip(keys, (int(n) for n in await pipe.execute()), strict=True))
+        if not keys:
+            return {}
+        counts = await self._zcards(keys=[held_key(k) for k in keys])
+        return dict(zip(keys, (int(n) for n in counts), strict=True))
 
     async def is_held(self, order_ids: list[str]) -> list[bool]:
         if not order_ids:

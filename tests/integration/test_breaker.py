@@ -155,6 +155,9 @@ def test_surge_trips_holds_drains_and_loses_nothing(env) -> None:
     wait_for(lambda: breaker(base, key)["state"] == "open", 15, "breaker to open")
     opened_after = opened_after or time.monotonic() - t0
     assert opened_after <= 3 + 2.5, f"trips within one window (3 s) plus a tick and the check: {opened_after:.1f} s"
+    # The SKU surged as much: its breaker is ticked by whichever worker owns T-BRK's stock
+    # partition (its shard), the leader or not, and trips too.
+    wait_for(lambda: breaker(base, "sku:T-BRK").get("trips", 0) >= 1, 15, "the SKU's breaker to trip")
     # Held orders appear in review; a held order has no reservation.
     held = wait_for(lambda: call(base, "GET", "/review?limit=500")[1]["held"], 30, "held orders")
     assert all(h["key"] == key for h in held)

@@ -26,7 +26,7 @@ RSS_LIMIT = 1024 * 1024 * 1024  # 1 GiB per worker
 
 
 async def _breakers(url: str) -> dict:
-    store = BreakerStore(url)
+    store = BreakerStore(url, 6)
     try:
         return await store.all()
     finally:
@@ -35,7 +35,7 @@ async def _breakers(url: str) -> dict:
 
 async def _holding(url: str) -> tuple[dict, int]:
     """Every breaker, and how many orders they still hold."""
-    store = BreakerStore(url)
+    store = BreakerStore(url, 6)
     try:
         breakers = await store.all()
         return breakers, sum((await store.held_count(breakers)).values())

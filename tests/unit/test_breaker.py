@@ -11,11 +11,13 @@ from peakroute.domain.breaker import (
     OPEN,
     Breaker,
     BreakerConfig,
+    advance,
     catch_up,
     drain,
     keys_for,
     must_hold,
     observe,
+    shard_of,
     surging,
     take_tokens,
     trip,
@@ -156,3 +158,44 @@ def test_catch_up_leaves_unnumbered_open_and_just_observed_breakers_alone() -> N
     opened = Breaker("sku:S", state=OPEN, baseline=10.0, ticks_seen=50, tick=7)
     assert catch_up(opened, 90, CFG) == opened, "a breaker not closed is observed at every tick"
     assert catch_up(b, 10, CFG).baseline == 10.0 * (1 - CFG.alpha) ** 2
+
+
+BREAKERS = st.builds(
+    Breaker, key=st.sampled_from(["sku:S", "channel:jd"]), state=st.sampled_from([CLOSED, OPEN, HALF_OPEN]),
+    since=st.floats(0, 100), baseline=st.floats(0, 100), ticks_seen=st.integers(0, 100), rate=st.floats(0, 100),
+    calm=st.integers(0, 20), drain_rate=st.floats(0, 50), tokens=st.floats(0, 50), last_refill=st.floats(0, 100),
+    manual=st.booleans(), trips=st.integers(0, 5), reason=st.text(max_size=5), tick=st.integers(0, 60))
+
+
+@settings(max_examples=400, deadline=None)
+@given(BREAKERS, st.integers(1, 80), st.floats(0, 100), st.floats(100, 200), st.integers(0, 50))
+def test_one_tick_is_catch_up_then_observe_then_the_drain(b, tick, rate, now, held) -> None:
+    """``advance`` (what a tick does per key, with copies that skip ``__init__``) is the
+    composition of the steps, built the ordinary dataclass way."""
+    from dataclasses import replace
+
+    step = observe(catch_up(b, tick, CFG), rate, now, CFG, held)
+    step, n = take_tokens(step, now, CFG, held)
+    got, released = advance(b, tick, rate, now, CFG, held)
+    expected = replace(step, tick=tick)
+    assert (got, released) == (expected, n)
+    assert got.to_dict() == expected.to_dict() and list(got.to_dict()) == list(Breaker("k").to_dict())
+    assert Breaker.from_dict(got.to_dict()) == got
+
+
+def test_stored_breakers_read_back_whatever_fields_they_have() -> None:
+    b = Breaker("sku:S", state=OPEN, baseline=3.5, trips=2, tick=9)
+    assert Breaker.from_dict(b.to_dict()) == b
+    assert Breaker.from_dict({"key": "sku:S", "state": OPEN}) == Breaker("sku:S", state=OPEN), "older: defaults"
+    assert Breaker.from_dict({**b.to_dict(), "future_field": 1}) == b, "newer: unknown fields ignored"
+    assert list(Breaker.from_dict({"tick": 3, "key": "k"}).to_dict()) == list(b.to_dict()), "field order kept"
+
+
+def test_a_sku_breaker_goes_with_its_stock_partition_and_a_channel_with_the_leader() -> None:
+    from peakroute.agents.common import sku_partition
+
+    for i in range(200):
+        sku = f"SKU-{i}"
+        assert shard_of(f"sku:{sku}", 6) == str(sku_partition(sku, 6))
+        assert shard_of(f"sku:{sku}", 12) == str(sku_partition(sku, 12))
+    assert shard_of("channel:douyin", 6) == shard_of("channel:jd", 12) == "c"
