@@ -56,6 +56,9 @@ def main() -> None:
                     help="instead of the timed drain: one worker drains the backlog and stays, then a second "
                          "worker joins; time each worker's table recovery in that rebalance (the first one keeps "
                          "half its partitions, whose changelogs now hold its own writes)")
+    ap.add_argument("--join-load", type=float, default=0.0, metavar="ORDERS_PER_S",
+                    help="with --join: the simulator offers this many orders/s (open loop) from 5 s before the "
+                         "second worker starts until both have recovered, so the rebalance happens under load")
     ap.add_argument("--restart", action="store_true",
                     help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
                          "start, and every takeover since standbys are off, reads the changelogs from the start)")
@@ -75,7 +78,7 @@ def main() -> None:
         if "order-versions" in TABLES:  # a revision before the fused order stage (compare.py runs old
             topics.append(ORDERS)        # ones with this file): its fulfillment consumed peakroute.orders
         if args.join:
-            time_join(settings, env, Path(tmp), topics, args.timeout)
+            time_join(settings, env, Path(tmp), topics, args.timeout, args.join_load, catalog)
             return
         drain(settings, env, raw, Path(tmp), topics, args.workers, args.timeout)
         if args.restart:
@@ -152,12 +155,23 @@ def drain(settings: Settings, env: dict[str, str], raw: int, tmp: Path, topics: 
     return result
 
 
-def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[str], timeout: float) -> None:
+def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[str], timeout: float,
+              load_rate: float = 0.0, catalog: object = None) -> None:
     """Worker A drains the backlog and keeps running; worker B joins.  Printed per worker: seconds
     from B's start to that worker's "Recovery complete" of the join's rebalance, from its
     ``_on_partitions_assigned`` to it (its partitions' standstill), and the records it restored in
-    bulk (none with ``PEAKROUTE_TABLE_RESTORE=faust``)."""
+    bulk (none with ``PEAKROUTE_TABLE_RESTORE=faust``).  ``load_rate``: orders/s offered meanwhile
+    (from 5 s before B starts), so the consumers' fetches have records to return, as in a real
+    scale-out."""
     import signal
+    import threading
+
+    stop_load = threading.Event()
+
+    def offer_load() -> None:
+        producer = make_producer(settings)
+        sim = PeakSaleSimulator(rate=load_rate, duration_s=180, seed=13, catalog=catalog)
+        run_simulation(sim, producer, realtime=True, sleep=lambda s: stop_load.wait(s) and sys.exit(0))
 
     def start(name: str) -> tuple[subprocess.Popen, Path]:
         log = tmp / f"join-{name}.log"
@@ -184,6 +198,12 @@ def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[s
             return
         records = sum(end_offsets(settings.kafka_bootstrap, [changelog_topic(settings.app_id, t) for t in TABLES]).values())
         print(f"join: worker A drained the backlog in {time.monotonic() - t0:.1f} s; changelogs hold {records} records")
+        load = None
+        if load_rate:
+            load = threading.Thread(target=offer_load, daemon=True)
+            load.start()
+            time.sleep(5)
+            print(f"join: {load_rate:.0f} orders/s offered from 5 s before B starts", flush=True)
         joined_at = time.time()
         b, log_b = start("b")
         deadline = time.monotonic() + 300
@@ -202,6 +222,7 @@ def time_join(settings: Settings, env: dict[str, str], tmp: Path, topics: list[s
                   f"{done_at[nth] - assigned_at:.1f} s after its assignment; restored in bulk: "
                   f"{sum(x[0] for x in bulk)} records in {sum(x[1] for x in bulk):.2f} s")
     finally:
+        stop_load.set()
         for w in (a, b):
             if w is not None:
                 w.send_signal(signal.SIGTERM)
