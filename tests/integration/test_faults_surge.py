@@ -26,7 +26,7 @@ RSS_LIMIT = 1024 * 1024 * 1024  # 1 GiB per worker
 
 
 async def _breakers(url: str) -> dict:
-    store = BreakerStore(url, 6)
+    store = BreakerStore(url, 6)  # read only: the partition count decides shards, which only writers use
     try:
         return await store.all()
     finally:
