@@ -199,3 +199,25 @@ def test_a_sku_breaker_goes_with_its_stock_partition_and_a_channel_with_the_lead
         assert shard_of(f"sku:{sku}", 6) == str(sku_partition(sku, 6))
         assert shard_of(f"sku:{sku}", 12) == str(sku_partition(sku, 12))
     assert shard_of("channel:douyin", 6) == shard_of("channel:jd", 12) == "c"
+
+
+def test_a_worker_ticks_the_shards_of_its_stock_partitions_and_the_leader_the_channels() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from peakroute.agents.breaker import owned_shards
+
+    def app(actives: object, leader: bool) -> SimpleNamespace:
+        def assigned() -> object:
+            if isinstance(actives, Exception):
+                raise actives
+            return actives
+
+        return SimpleNamespace(assignor=SimpleNamespace(assigned_actives=assigned), is_leader=lambda: leader)
+
+    mine = {TP("stock-ops", 4), TP("stock-ops", 1), TP("raw.jd", 0), TP("stock-replies", 2)}
+    assert owned_shards(app(mine, leader=False), "stock-ops") == ["1", "4"], "its stock partitions only"
+    assert owned_shards(app(mine, leader=True), "stock-ops") == ["1", "4", "c"], "the leader: the channels too"
+    assert owned_shards(app(RuntimeError("not assigned yet"), leader=False), "stock-ops") == []
+    assert owned_shards(app(set(), leader=True), "stock-ops") == ["c"]
