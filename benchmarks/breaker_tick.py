@@ -58,15 +58,14 @@ async def measure(url: str, skus: int, active: int, rounds: int, owners: int = 1
     tick_ms, holding_ms, slowest_ms = [], [], []
     for _ in range(rounds):
         if sharded:
+            from peakroute.agents.breaker import tick_inputs
             from peakroute.domain.breaker import advance
 
             per_owner = []
             for o in range(owners):
                 t = time.perf_counter()
                 shards = [str(p) for p in range(partitions) if p % owners == o] + (["c"] if o == 0 else [])
-                rates = await store.rates(cfg.window_s, now, shards)
-                keys = set(rates) | await store.not_closed(shards) | (set(channels) if o == 0 else set())
-                held = await store.held_count(keys)
+                rates, keys, held = await tick_inputs(store, shards, cfg.window_s, now)
                 await store.evaluate(sorted(keys), lambda k, b, tick, rates=rates, held=held: advance(
                     b, tick, rates.get(k, 0.0), now, cfg, held.get(k, 0))[0], shards=shards, now=now)
                 per_owner.append((time.perf_counter() - t) * 1000)

@@ -43,6 +43,19 @@ def owned_shards(app: faust.App, stock_ops_topic: str) -> list[str]:
     return shards
 
 
+async def tick_inputs(store: BreakerStore, shards: list[str], window_s: int,
+                      now: float) -> tuple[dict[str, float], set[str], dict[str, int]]:
+    """What one tick of ``shards`` evaluates: the keys' rates over the window, the keys (those
+    counted in the window, the breakers not closed, and with shard ``c`` every channel — its
+    gauges go to 0 when it is idle; an idle SKU is caught up when it is next counted) and how
+    many orders each holds."""
+    rates = await store.rates(window_s, now, shards)
+    keys = set(rates) | await store.not_closed(shards)
+    if "c" in shards:
+        keys |= CHANNEL_KEYS
+    return rates, keys, await store.held_count(keys)
+
+
 def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: BreakerStore,
              cfg: BreakerConfig, watch: Watchlist, stock_ops_topic: str) -> None:
     trips_seen: dict[str, int] = {}
@@ -63,13 +76,7 @@ def register(app: faust.App, *, replies: faust.TopicT, state_table: Any, store: 
         if not shards:
             return
         try:
-            rates = await store.rates(cfg.window_s, now, shards)
-            # The keys counted in the window, every channel (its gauges go to 0 when it is idle)
-            # and the breakers not closed; an idle SKU is caught up when it is next counted.
-            keys = set(rates) | await store.not_closed(shards)
-            if "c" in shards:
-                keys |= CHANNEL_KEYS
-            held = await store.held_count(keys)
+            rates, keys, held = await tick_inputs(store, shards, cfg.window_s, now)
             releases: list[tuple[int, dict]] = []
             to_release: dict[str, int] = {}
 

@@ -186,10 +186,10 @@ class BreakerStore:
         operator's call, another worker's tick — wrote one of those shards meanwhile), numbering
         each shard's tick: ``change(key, breaker, tick)``.  Every shard given is numbered, those
         with no key to evaluate too: their idle keys' ticks are counted (``catch_up``).  A shard
-        evaluated less than ``min_interval_s`` ago is
-        left out (its keys are not in the result): while a rebalance moves a partition, its old
-        and its new owner may both tick it for a moment, and a breaker must not see two ticks a
-        second (its baseline would decay twice as fast).
+        evaluated less than ``min_interval_s`` ago is left out (its keys are not in the result):
+        while a rebalance moves a partition, its old and its new owner may both tick it for a
+        moment, and a breaker must not see two ticks a second (its baseline would decay twice as
+        fast).
 
         Why one transaction and only ``keys``: the tick used to take three round trips per key,
         then one HGETALL of every breaker ever counted — both grow with the catalog; the caller
@@ -217,12 +217,12 @@ class BreakerStore:
                     due = {s: int(t) + 1 if t is not None else legacy + 1
                            for s, (t, at) in zip(shards, metas, strict=True)
                            if at is None or now - float(at) >= min_interval_s}
-                    todo = [k for s in due for k in by_shard[s]]
-                    raws = await pipe.hmget(BREAKERS, todo) if todo else []
+                    todo = [(k, tick) for s, tick in due.items() for k in by_shard[s]]
+                    raws = await pipe.hmget(BREAKERS, [k for k, _ in todo]) if todo else []
                     new = {}
-                    for key, raw in zip(todo, raws, strict=True):
+                    for (key, tick), raw in zip(todo, raws, strict=True):
                         b = Breaker.from_dict(orjson.loads(raw)) if raw else Breaker(key)
-                        new[key] = change(key, b, due[self.shard(key)])
+                        new[key] = change(key, b, tick)
                     pipe.multi()
                     for s, tick in due.items():
                         pipe.hset(shard_key(s), mapping={"tick": tick, "at": repr(now)})
