@@ -242,6 +242,30 @@ def log_line_time(line: str) -> float:
     return time.mktime(time.strptime(m.group(1).replace("T", " "), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
 
 
+def changelog_census(bootstrap: str, topic: str) -> tuple[int, int, int]:
+    """(records, distinct keys, keys whose last record is not a tombstone) of a changelog topic, read
+    from its start: how far compaction could shrink what a recovery reads."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"census-{os.getpid()}", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    last: dict[tuple[int, bytes], bool] = {}
+    n, eof = 0, set()
+    deadline = time.monotonic() + 120
+    while len(eof) < len(parts) and time.monotonic() < deadline:
+        for msg in c.consume(10_000, timeout=1.0):
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                continue
+            n += 1
+            last[(msg.partition(), msg.key())] = msg.value() is not None
+    c.close()
+    return n, len(last), sum(last.values())
+
+
 def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     """Start one worker on the drained stack and time its table recovery from faust's own log lines
     (``table restore: reading`` or ``Restoring state from changelog topics`` … ``Recovery complete``).
@@ -255,6 +279,10 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     ends = end_offsets(settings.kafka_bootstrap, [changelog(t) for t in TABLES])
     records = sum(ends.values())
     by_table = {t: sum(v for (topic, _), v in ends.items() if topic == changelog(t)) for t in TABLES}
+    for table in TABLES:
+        n, keys, live = changelog_census(settings.kafka_bootstrap, changelog(table))
+        print(f"restart: {table}: {n} records, {keys} keys, {live} live (what full compaction would leave: "
+              f"{live} records and, until delete.retention.ms, {keys - live} tombstones)", flush=True)
     log = tmp / "restart.log"
     t0 = time.monotonic()
     loglevel = os.environ.get("DRAIN_RESTART_LOGLEVEL", "info")

@@ -126,6 +126,12 @@ CHANGELOG_LATE_RECORDS = Counter(
     "partition had already moved from (a frozen worker's queued writes, sent when it woke; "
     "tables/stale.py); each one is a zombie write that recovery did not take",
     ["table"])
+CHANGELOG_REPAIRS = Counter(
+    "peakroute_changelog_repairs_total",
+    "Table keys a partition's owner wrote to its changelog again after a replaced owner's late write "
+    "of them (one recovery left out, or one that arrived later), so that log compaction keeps the "
+    "owner's value (tables/repair.py)",
+    ["table"])
 STOCK_OPS_LATE = Counter(
     "peakroute_stock_ops_late_total",
     "Stock operations a SKU owner left out: sent by an order owner the order partition had already "

@@ -29,6 +29,7 @@ from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.fulfillment import Watchlist
 from ..domain.network import load_network
+from ..tables import repair
 from ..tables.breaker_store import BreakerStore
 from ..tables.packed import PackedTable
 from ..tables.redis_views import RedisViews
@@ -175,6 +176,7 @@ def build_app(settings: Settings) -> faust.App:
                    batch_wait_s=internal_wait_s, batching=settings.batching)
     carry_changelogs(app, order_outbox, order_tables)
     carry_changelogs(app, stock_outbox, tables[len(order_tables):])
+    repair.install(app, tables, settings.kafka_bootstrap)  # a late write never the last of its key
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,

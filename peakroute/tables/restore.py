@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .stale import LateRecords, generation_of
@@ -63,6 +63,8 @@ class PartitionRestore:
     kept: int = 0
     dropped: int = 0
     reached_end: bool = False  #: an end-of-partition event at or past ``end``
+    #: Keys of the records left out, to be written again by the owner (tables/repair.py).
+    late_keys: list[bytes] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -77,6 +79,8 @@ class RestoreSummary:
     dropped: int  #: left out: a replaced owner's late writes
     seconds: float
     complete: bool  #: every partition read to the end it had when the restore began
+    #: (partition, key) of each record left out (tables/repair.py writes them again).
+    late_keys: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 def apply_messages(messages: Iterable[Any], parts: Mapping[int, PartitionRestore], late: LateRecords,
@@ -113,6 +117,7 @@ def apply_messages(messages: Iterable[Any], parts: Mapping[int, PartitionRestore
             part.kept += 1
         else:
             part.dropped += 1
+            part.late_keys.append(msg.key())
         part.last = offset
         touched.add(msg.partition())
     return touched
@@ -191,4 +196,5 @@ def restore_partitions(*, bootstrap: str, topic: str, persisted: Mapping[int, in
     return RestoreSummary(
         partitions=len(parts), records=sum(p.kept + p.dropped for p in parts.values()),
         kept=sum(p.kept for p in parts.values()), dropped=sum(p.dropped for p in parts.values()),
-        seconds=time.monotonic() - t0, complete=all(p.done for p in parts.values()))
+        seconds=time.monotonic() - t0, complete=all(p.done for p in parts.values()),
+        late_keys=[(partition, key) for partition, p in parts.items() for key in p.late_keys])

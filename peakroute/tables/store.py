@@ -115,6 +115,8 @@ class Store(faust_rocksdb.Store):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._late = LateRecords()
+        #: (partition, key) of late records recovery left out, until the owner writes them again.
+        self._late_keys: list[tuple[int, bytes]] = []
         o = self.rocksdb_options
         self.rocksdb_options = BoundedOptions(
             max_open_files=o.max_open_files, write_buffer_size=o.write_buffer_size,
@@ -132,6 +134,7 @@ class Store(faust_rocksdb.Store):
             (kept if late.keep(msg.tp, msg.timestamp, generation_of(msg.headers)) else dropped).append(e)
         super().apply_changelog_batch(kept, to_key, to_value)
         if dropped:
+            self._late_keys += [(e.message.partition, e.message.key) for e in dropped]
             last: dict[Any, int] = {}
             for e in events:
                 last[e.message.tp] = max(e.message.offset, last.get(e.message.tp, -1))
@@ -193,6 +196,7 @@ class Store(faust_rocksdb.Store):
         m.TABLE_RESTORE_RECORDS.labels(name).inc(summary.records)
         m.TABLE_RESTORE_SECONDS.labels(name).inc(summary.seconds)
         if summary.dropped:
+            self._late_keys += summary.late_keys
             m.CHANGELOG_LATE_RECORDS.labels(name).inc(summary.dropped)
             log.warning("table %s: %d changelog record(s) left out of recovery (bulk restore): written by an "
                         "owner the partition had already moved from (a frozen worker's late writes)",
@@ -288,6 +292,17 @@ class Store(faust_rocksdb.Store):
             send(partition, kb, None)
             self._del(kb)
         return True
+
+    def late_keys(self) -> list[tuple[int, bytes]]:
+        """(partition, encoded key) of the late records recovery left out since the last call."""
+        keys, self._late_keys = self._late_keys, []
+        return keys
+
+    def repair(self, key: bytes, partition: int) -> None:
+        """Write ``key`` (encoded) to ``partition``'s changelog again with the value this store holds
+        for it, or a tombstone if none: the record compaction must keep after a late write
+        (tables/repair.py).  The stored bytes are the changelog's bytes (:meth:`write`)."""
+        self.table.send_changelog_bytes(partition, key, self._db_for_partition(partition).get(key))
 
     def _size(self) -> int:
         """RocksDB's own estimate of the keys of the active partitions.

@@ -6,6 +6,10 @@ directly to the stock-levels changelog of a real Kafka: owner A (generation 5), 
 (generation 6), then a write of A's produced before B's but delivered after it.  A worker started
 on it must recover B's level, which the SKU owner republishes to the Redis stock view — through the
 bulk restore (the default) and through faust's recovery alone.
+
+Log compaction keeps only a key's newest record, and the late write is the newest: so the worker
+must also write the key again after it (tables/repair.py) — for the late write its recovery left
+out, and for one that arrives while it runs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from peakroute.agents.common import sku_partition
 from peakroute.stack import LocalStack
@@ -75,6 +79,45 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
             assert "changelog record(s) left out of recovery" in worker.output()
             by_bulk = "left out of recovery (bulk restore)" in worker.output()
             assert by_bulk == (restore == "bulk"), worker.output()[-3000:]
+
+            # The owner wrote the left-out key again after the late write, with its own generation.
+            def key_records(key: bytes, after: int) -> list[tuple[int, bytes, int]]:
+                """(offset, value, generation) of ``key``'s records on the partition past ``after``."""
+                c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "late-test-reader",
+                              "enable.auto.commit": False, "enable.partition.eof": True})
+                c.assign([TopicPartition(topic, partition, after + 1)])
+                found = []
+                try:
+                    while True:
+                        msg = c.poll(10)
+                        assert msg is not None, "no end-of-partition event"
+                        if msg.error():
+                            assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                            return found
+                        if msg.key() == key:
+                            found.append((msg.offset(), msg.value(), int(dict(msg.headers())[GENERATION_HEADER])))
+                finally:
+                    c.close()
+
+            east = orjson.dumps(f"{sku}|WH-EAST")
+            repairs = key_records(east, 3)
+            assert repairs and orjson.loads(repairs[-1][1]) == [20, 0, 0], (repairs, worker.output()[-3000:])
+            generation = repairs[-1][2]
+            assert generation >= 1
+
+            # A late write arriving while the worker runs (an older generation than the worker's):
+            # written again too.
+            south = orjson.dumps(f"{sku}|WH-SOUTH")
+            producer.produce(**{**level("WH-SOUTH", 55, generation - 1, 1), "timestamp": int(time.time() * 1000)})
+            assert producer.flush(30) == 0
+            late_at = next(off for off, value, _ in key_records(south, -1) if orjson.loads(value) == [55, 0, 0])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not key_records(south, late_at):
+                time.sleep(0.5)
+            after = key_records(south, late_at)
+            assert after and orjson.loads(after[-1][1]) == [7, 0, 0] and after[-1][2] == generation, \
+                (after, worker.output()[-3000:])
+            assert "written again after a replaced owner's late write" in worker.output()
         finally:
             worker.stop()
         assert "Traceback" not in worker.output(), worker.output()[-4000:]
