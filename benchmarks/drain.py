@@ -62,7 +62,15 @@ def main() -> None:
     ap.add_argument("--restart", action="store_true",
                     help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
                          "start, and every takeover since standbys are off, reads the changelogs from the start)")
+    ap.add_argument("--compact-wait", type=float, default=0.0, metavar="S",
+                    help="with --restart: wait this long after the drain for the broker's log cleaner before the "
+                         "restart (a compressed day: with --changelog-segment-ms 5000, segments close during the drain)")
+    ap.add_argument("--changelog-segment-ms", type=int, default=0, metavar="MS",
+                    help="PEAKROUTE_CHANGELOG_SEGMENT_MS for the changelog topics and the workers (default: theirs)")
     args = ap.parse_args()
+    if args.changelog_segment_ms:
+        os.environ["PEAKROUTE_CHANGELOG_SEGMENT_MS"] = str(args.changelog_segment_ms)  # the stack's topics
+        args.worker_env.append(f"PEAKROUTE_CHANGELOG_SEGMENT_MS={args.changelog_segment_ms}")  # a worker ensures them too
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp) / "stack") as settings:
         from integration.harness import env_for
 
@@ -82,6 +90,12 @@ def main() -> None:
             return
         drain(settings, env, raw, Path(tmp), topics, args.workers, args.timeout)
         if args.restart:
+            if args.compact_wait:
+                for table in TABLES:
+                    n, keys, live = changelog_census(settings.kafka_bootstrap, changelog_topic(settings.app_id, table))
+                    print(f"before compaction: {table}: {n} records, {keys} keys, {live} live", flush=True)
+                print(f"waiting {args.compact_wait:.0f} s for the log cleaner", flush=True)
+                time.sleep(args.compact_wait)
             time_recovery(settings, env, Path(tmp))
 
 

@@ -117,6 +117,10 @@ class Settings:
     #: How long (s) one table's bulk restore may hold up a rebalance; past it faust's recovery
     #: reads the rest.
     table_restore_max_s: float = 60.0
+    #: How long (ms) a table changelog's active segment stays open before it is closed and may be
+    #: compacted (streams/topics.changelog_config): a bound on how much of the day a restart reads
+    #: uncompacted.  Applied to the changelog topics whenever a worker or ``stack up`` ensures them.
+    changelog_segment_ms: int = 600_000
     #: How long (ms) the oldest message of an agent's batch (at most 500 messages) may wait for the
     #: batch to fill (with ``batching=arrival``; with ``faust``: how long each batch waits after the
     #: previous one).  Longer: fatter batches at low rates; under load the previous batch's

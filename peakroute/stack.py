@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,6 +87,9 @@ class TopicSpec:
     partitions: int
     compacted: bool = False
     retention_ms: int | None = None
+    #: More topic configs (the changelogs' compaction settings: streams/topics.changelog_config).
+    #: Unlike the partition count, these are set on an existing topic too (:func:`ensure_topics_on`).
+    settings: dict[str, str] = field(default_factory=dict)
 
     def config(self) -> dict[str, str]:
         cfg: dict[str, str] = {}
@@ -94,7 +97,7 @@ class TopicSpec:
             cfg["cleanup.policy"] = "compact"
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
-        return cfg
+        return {**cfg, **self.settings}
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -535,6 +538,7 @@ def ensure_topics_on(bootstrap: str, topics: Sequence[TopicSpec], timeout: float
                 f"topic {spec.name!r} exists with {len(meta.partitions)} partitions, expected {spec.partitions}; "
                 "partition counts are fixed at creation: delete the topic (or `peakroute stack down --purge`)")
     missing = [s for s in topics if s.name not in existing or existing[s.name].error is not None]
+    _align_settings(admin, [s for s in topics if s.settings and s not in missing], timeout)
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
@@ -551,6 +555,25 @@ def ensure_topics_on(bootstrap: str, topics: Sequence[TopicSpec], timeout: float
                     raise StackError(f"could not create topic {name!r}: {err.str()}") from None
     _wait_topics_ready(admin, topics, timeout)
     return created
+
+
+def _align_settings(admin, topics: Sequence[TopicSpec], timeout: float) -> None:  # noqa: ANN001
+    """Set the ``settings`` configs of existing topics (created by an older release, or by faust):
+    an incremental change of those keys only.  A broker that refuses (no ALTER_CONFIGS right) is
+    logged, not fatal — the topics still work, with the broker's defaults."""
+    if not topics:
+        return
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    resources = [ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=[
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in sorted(spec.settings.items())])
+        for spec in topics]
+    for resource, fut in admin.incremental_alter_configs(resources, request_timeout=timeout).items():
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("peakroute.stack").warning("topic %s: configs not set (%s); the broker's defaults apply",
+                                                         resource.name, exc)
 
 
 def _wait_topics_ready(admin, topics: Sequence[TopicSpec], timeout: float) -> None:  # noqa: ANN001

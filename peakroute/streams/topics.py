@@ -65,6 +65,28 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+def changelog_config(segment_ms: int) -> dict[str, str]:
+    """How the changelogs are compacted: so that what a worker reads at every start and takeover
+    stays near one record per live key, not every write of the day.
+
+    Why: Kafka never compacts a partition's active segment, and rolls it at 1 GiB or after 7 days
+    by default — at a few hundred records/s per partition, never within a peak day.  Measured
+    (``benchmarks/drain.py --restart``, benchmarks/RESULTS.md): 3.7 records per order against
+    2.5 live keys per order while nothing has shipped, and 1 once orders ship (their holds deleted).
+
+    * ``segment.ms``: the active segment closes after this long (then the cleaner may compact it).
+    * ``min.cleanable.dirty.ratio`` 0.2: compact once a fifth of a log is uncompacted (default half).
+    * ``delete.retention.ms`` 1 h (default 24 h): how long a tombstone (a released or shipped hold)
+      stays to be read.  It must outlast the longest read of a partition from its start — a bulk
+      restore is bounded by ``table_restore_max_s`` (60 s), faust's recovery by the stall watch.
+    * ``min.compaction.lag.ms`` 5 min: no record younger than this is compacted away.  It gives the
+      owner of a partition time to write a key again after a replaced owner's late write of it
+      (tables/repair.py) before the cleaner could remove the owner's own earlier record.
+    """
+    return {"segment.ms": str(segment_ms), "min.cleanable.dirty.ratio": "0.2",
+            "delete.retention.ms": str(3_600_000), "min.compaction.lag.ms": str(min(300_000, segment_ms))}
+
+
 def changelog_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821
     """The tables' changelog topics, compacted, co-partitioned with the stream topics.
 
@@ -73,4 +95,6 @@ def changelog_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821
     """
     from ..stack import TopicSpec
 
-    return [TopicSpec(changelog_topic(settings.app_id, t), settings.partitions, compacted=True) for t in TABLES]
+    cfg = changelog_config(settings.changelog_segment_ms)
+    return [TopicSpec(changelog_topic(settings.app_id, t), settings.partitions, compacted=True, settings=cfg)
+            for t in TABLES]

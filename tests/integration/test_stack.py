@@ -63,6 +63,12 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
         res = ConfigResource(ConfigResource.Type.TOPIC, "it.orders.table")
         configs = admin.describe_configs([res])[res].result(timeout=30)
         assert configs["cleanup.policy"].value == "compact"
+        # A topic's further configs (the changelogs' compaction) are set on an existing topic too:
+        # one created by an older release keeps its partitions and gets them.
+        with_settings = TopicSpec("it.orders.table", 2, compacted=True, settings={"segment.ms": "123000"})
+        st.ensure_topics([with_settings])
+        configs = admin.describe_configs([res])[res].result(timeout=30)
+        assert (configs["segment.ms"].value, configs["cleanup.policy"].value) == ("123000", "compact")
         del admin  # drop the client now: it would log refused reconnects once the broker stops
 
         r = redis.Redis.from_url(settings.redis_url)

@@ -79,6 +79,22 @@ def test_topic_spec_config() -> None:
     assert TopicSpec("t", 3).config() == {}
     assert TopicSpec("t", 3, compacted=True, retention_ms=1000).config() == {
         "cleanup.policy": "compact", "retention.ms": "1000"}
+    assert TopicSpec("t", 3, compacted=True, settings={"segment.ms": "5"}).config() == {
+        "cleanup.policy": "compact", "segment.ms": "5"}
+
+
+def test_the_changelogs_are_compacted_on_closed_segments_of_bounded_age() -> None:
+    from peakroute.config import Settings
+    from peakroute.streams.topics import TABLES, changelog_specs
+
+    specs = changelog_specs(Settings(changelog_segment_ms=600_000))
+    assert len(specs) == len(TABLES)
+    for spec in specs:
+        assert spec.config() == {"cleanup.policy": "compact", "segment.ms": "600000",
+                                 "min.cleanable.dirty.ratio": "0.2", "delete.retention.ms": "3600000",
+                                 "min.compaction.lag.ms": "300000"}
+    # A compressed day (the benchmarks): the lag never exceeds the segment's age.
+    assert changelog_specs(Settings(changelog_segment_ms=5000))[0].settings["min.compaction.lag.ms"] == "5000"
 
 
 def test_cluster_id_looks_like_kafka_uuid() -> None:
