@@ -121,3 +121,96 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
         finally:
             worker.stop()
         assert "Traceback" not in worker.output(), worker.output()[-4000:]
+
+
+def test_after_compaction_the_owners_value_of_a_late_written_key_survives(tmp_path: Path) -> None:
+    """The hazard the repair closes, end to end on a real broker: compaction keeps a key's newest
+    record only.  Segments close every second here, so the log cleaner runs within the test; once
+    it has, the owner's earlier record and the late one are both gone and only the owner's repair
+    is left — and a fresh worker recovers the owner's level from it."""
+    import redis
+
+    with local_stack(tmp_path / "stack") as base:
+        settings = replace(base, app_id=unique_app_id("compact"), changelog_segment_ms=1000)
+        LocalStack(settings).ensure_topics(changelog_specs(settings))
+        topic = changelog_topic(settings.app_id, "stock-levels")
+        sku = "T-COMPACT"
+        partition = sku_partition(sku, settings.partitions)
+        east = orjson.dumps(f"{sku}|WH-EAST")
+        now_ms = int(time.time() * 1000)
+
+        def level(warehouse: str, on_hand: int, generation: int | None, age_s: float, key_sku: str = sku) -> dict:
+            headers = [] if generation is None else [(GENERATION_HEADER, str(generation).encode())]
+            return {"topic": topic, "partition": partition, "key": orjson.dumps(f"{key_sku}|{warehouse}"),
+                    "value": orjson.dumps([on_hand, 0, 0]), "timestamp": now_ms - int(age_s * 1000),
+                    "headers": headers}
+
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+        for record in (level("WH-EAST", 20, 6, 30),     # owner B
+                       level("WH-SOUTH", 7, 6, 29),     # owner B
+                       level("WH-EAST", 99, 5, 59)):    # replaced owner A's write, delivered late
+            producer.produce(**record)
+        assert producer.flush(30) == 0
+
+        def east_values() -> list[list[int]]:
+            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "compact-test-reader",
+                          "enable.auto.commit": False, "enable.partition.eof": True})
+            c.assign([TopicPartition(topic, partition, 0)])
+            found = []
+            try:
+                while True:
+                    msg = c.poll(10)
+                    assert msg is not None, "no end-of-partition event"
+                    if msg.error():
+                        return found
+                    if msg.key() == east:
+                        found.append(orjson.loads(msg.value()))
+            finally:
+                c.close()
+
+        env = {"PEAKROUTE_CHANGELOG_SEGMENT_MS": "1000"}  # a worker ensures the topics' configs too
+        first = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "first.log", **env)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and east_values()[-1:] != [[20, 0, 0]]:
+                assert first.alive(), first.output()[-3000:]
+                time.sleep(1)
+            assert east_values()[-1:] == [[20, 0, 0]], (east_values(), first.output()[-3000:])
+            # Segments close on the next write after a second: a record of another key every
+            # second (no generation header: an old build's, never judged) until the cleaner has run.
+            deadline = time.monotonic() + 120
+            filler = 0
+            while time.monotonic() < deadline and east_values() != [[20, 0, 0]]:
+                filler += 1
+                producer.produce(**{**level("WH-EAST", filler, None, 0, key_sku="T-FILLER"),
+                                    "timestamp": int(time.time() * 1000)})
+                producer.flush(30)
+                time.sleep(1)
+            # Only the repair is left: without it, compaction would have kept the late 99 alone,
+            # and recovery, leaving that out, would have found no level for the key.
+            assert east_values() == [[20, 0, 0]], east_values()
+        finally:
+            first.stop()
+        assert "Traceback" not in first.output(), first.output()[-4000:]
+
+        redis.Redis.from_url(settings.redis_url).flushall()  # the next worker republishes its levels
+        second = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "second.log", **env)
+        try:
+            async def stock_view() -> dict:
+                views = RedisViews(settings.redis_url)
+                try:
+                    return await views.stock_of(sku)
+                finally:
+                    await views.close()
+
+            seen: dict = {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "WH-SOUTH" not in seen:
+                assert second.alive(), second.output()[-3000:]
+                time.sleep(1)
+                seen = asyncio.run(stock_view())
+            assert seen.get("WH-EAST", {}).get("on_hand") == 20, (seen, second.output()[-3000:])
+            assert seen["WH-SOUTH"]["on_hand"] == 7
+        finally:
+            second.stop()
+        assert "Traceback" not in second.output(), second.output()[-4000:]
