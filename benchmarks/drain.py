@@ -96,6 +96,12 @@ def main() -> None:
                     print(f"before compaction: {table}: {n} records, {keys} keys, {live} live", flush=True)
                 print(f"waiting {args.compact_wait:.0f} s for the log cleaner", flush=True)
                 time.sleep(args.compact_wait)
+                if os.environ.get("DRAIN_SHOW_SEGMENTS"):  # the broker's files of one changelog partition
+                    for d in sorted(Path(tmp).rglob(f"{changelog_topic(settings.app_id, 'order-routing')}-0")):
+                        for f in sorted(d.iterdir()):
+                            print(f"  {f.name} {f.stat().st_size}", flush=True)
+                    for f in Path(tmp).rglob("log-cleaner.log"):
+                        print(f.read_text()[-3000:], flush=True)
             time_recovery(settings, env, Path(tmp))
 
 
