@@ -58,6 +58,7 @@ DASHBOARDS: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
         ("Local table keys", "sum by (table) (peakroute_table_keys)", "none", "timeseries"),
         ("WMS confirmations matching no reservation (1h)", "sum(increase(peakroute_shipments_unmatched_total[1h]))", "none", "stat"),
         ("Zombie writes left out (1h: late changelog records, late stock requests)", "(sum(increase(peakroute_changelog_late_records_total[1h])) or vector(0)) + sum(increase(peakroute_stock_ops_late_total[1h]))", "none", "stat"),
+        ("Late-written keys written again by their owner (1h; so compaction keeps the owner's value)", "sum(increase(peakroute_changelog_repairs_total[1h])) or vector(0)", "none", "stat"),
     ]),
 ]
 

@@ -119,6 +119,11 @@ def install(app: Any, tables: list[Any], bootstrap: str, every_s: float = 1.0) -
     follower = ChangelogFollower(bootstrap)
     stores: dict[str, Store] = {}
 
+    async def close_follower(*_args: object, **_kwargs: object) -> None:
+        follower.close()
+
+    app.on_before_shutdown.connect(close_follower, weak=False)
+
     def owned() -> dict[tuple[str, int], Any]:
         if not stores:  # faust creates a table's store on first use
             stores.update({t.changelog_topic.get_topic_name(): t.data for t in tables if isinstance(t.data, Store)})
