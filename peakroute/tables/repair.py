@@ -146,7 +146,10 @@ def install(app: Any, tables: list[Any], bootstrap: str, every_s: float = 1.0) -
             for (topic, p), store in parts.items():
                 last = store.persisted_offset(TP(topic, p))
                 positions[(topic, p)] = 0 if last is None else last + 1
-            follower.follow(positions, generation)
+            try:
+                follower.follow(positions, generation)
+            except Exception as exc:  # noqa: BLE001 - tried again next tick (the generation is unchanged)
+                log.warning("changelog follower not assigned: %r", exc)
         wanted: set[tuple[str, int, bytes]] = set()
         for topic, store in stores.items():
             wanted.update((topic, p, key) for p, key in store.late_keys())
@@ -166,6 +169,6 @@ def install(app: Any, tables: list[Any], bootstrap: str, every_s: float = 1.0) -
             repaired += 1
             m.CHANGELOG_REPAIRS.labels(getattr(store.table, "name", topic)).inc()
         if repaired:
+            topic, p, key = min(wanted)
             log.warning("changelog: %d key(s) written again after a replaced owner's late write(s), so that "
-                        "compaction keeps this owner's value (e.g. %s[%d] key %r)", repaired,
-                        *sorted(wanted)[0][:2], sorted(wanted)[0][2][:80])
+                        "compaction keeps this owner's value (e.g. %s[%d] key %r)", repaired, topic, p, key[:80])

@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from peakroute.agents.common import sku_partition
+from peakroute.config import Settings
 from peakroute.stack import LocalStack
 from peakroute.streams.topics import changelog_specs, changelog_topic
 from peakroute.tables.redis_views import RedisViews
@@ -33,6 +34,26 @@ from ..conftest import local_stack
 from .harness import PeakrouteProcess, unique_app_id
 
 pytestmark = pytest.mark.integration
+
+
+def recovered_view(settings: Settings, sku: str, worker: PeakrouteProcess) -> dict:
+    """The SKU's Redis stock view once ``worker`` has republished WH-SOUTH's level from its
+    recovered table (the stock view repair, every 10 s), or what it holds after 120 s."""
+
+    async def stock_view() -> dict:
+        views = RedisViews(settings.redis_url)
+        try:
+            return await views.stock_of(sku)
+        finally:
+            await views.close()
+
+    seen: dict = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "WH-SOUTH" not in seen:
+        assert worker.alive(), worker.output()[-3000:]
+        time.sleep(1)
+        seen = asyncio.run(stock_view())
+    return seen
 
 
 @pytest.mark.parametrize("restore", ["bulk", "faust"])
@@ -61,19 +82,7 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
         worker = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "worker.log",
                                   PEAKROUTE_TABLE_RESTORE=restore)
         try:
-            async def stock_view() -> dict:
-                views = RedisViews(settings.redis_url)
-                try:
-                    return await views.stock_of(sku)
-                finally:
-                    await views.close()
-
-            seen: dict = {}
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and "WH-SOUTH" not in seen:
-                assert worker.alive(), worker.output()[-3000:]
-                time.sleep(1)
-                seen = asyncio.run(stock_view())  # republished from the recovered table (repair, every 10 s)
+            seen = recovered_view(settings, sku, worker)
             assert seen.get("WH-SOUTH", {}).get("on_hand") == 7, (seen, worker.output()[-3000:])
             assert seen["WH-EAST"]["on_hand"] == 20, f"the late write was recovered: {seen}"
             assert "changelog record(s) left out of recovery" in worker.output()
@@ -196,19 +205,7 @@ def test_after_compaction_the_owners_value_of_a_late_written_key_survives(tmp_pa
         redis.Redis.from_url(settings.redis_url).flushall()  # the next worker republishes its levels
         second = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "second.log", **env)
         try:
-            async def stock_view() -> dict:
-                views = RedisViews(settings.redis_url)
-                try:
-                    return await views.stock_of(sku)
-                finally:
-                    await views.close()
-
-            seen: dict = {}
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and "WH-SOUTH" not in seen:
-                assert second.alive(), second.output()[-3000:]
-                time.sleep(1)
-                seen = asyncio.run(stock_view())
+            seen = recovered_view(settings, sku, second)
             assert seen.get("WH-EAST", {}).get("on_hand") == 20, (seen, second.output()[-3000:])
             assert seen["WH-SOUTH"]["on_hand"] == 7
         finally:
