@@ -28,12 +28,32 @@ from peakroute.config import Settings
 from peakroute.stack import LocalStack
 from peakroute.streams.topics import changelog_specs, changelog_topic
 from peakroute.tables.redis_views import RedisViews
-from peakroute.tables.stale import GENERATION_HEADER
+from peakroute.tables.stale import GENERATION_HEADER, generation_of
 
 from ..conftest import local_stack
 from .harness import PeakrouteProcess, unique_app_id
 
 pytestmark = pytest.mark.integration
+
+
+def key_records(settings: Settings, topic: str, partition: int, key: bytes,
+                after: int) -> list[tuple[int, bytes, int | None]]:
+    """(offset, value, writer generation) of ``key``'s records on a changelog partition past ``after``."""
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "late-test-reader",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, partition, after + 1)])
+    found = []
+    try:
+        while True:
+            msg = c.poll(10)
+            assert msg is not None, "no end-of-partition event"
+            if msg.error():
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                return found
+            if msg.key() == key:
+                found.append((msg.offset(), msg.value(), generation_of(msg.headers())))
+    finally:
+        c.close()
 
 
 def recovered_view(settings: Settings, sku: str, worker: PeakrouteProcess) -> dict:
@@ -90,26 +110,8 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
             assert by_bulk == (restore == "bulk"), worker.output()[-3000:]
 
             # The owner wrote the left-out key again after the late write, with its own generation.
-            def key_records(key: bytes, after: int) -> list[tuple[int, bytes, int]]:
-                """(offset, value, generation) of ``key``'s records on the partition past ``after``."""
-                c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "late-test-reader",
-                              "enable.auto.commit": False, "enable.partition.eof": True})
-                c.assign([TopicPartition(topic, partition, after + 1)])
-                found = []
-                try:
-                    while True:
-                        msg = c.poll(10)
-                        assert msg is not None, "no end-of-partition event"
-                        if msg.error():
-                            assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                            return found
-                        if msg.key() == key:
-                            found.append((msg.offset(), msg.value(), int(dict(msg.headers())[GENERATION_HEADER])))
-                finally:
-                    c.close()
-
             east = orjson.dumps(f"{sku}|WH-EAST")
-            repairs = key_records(east, 3)
+            repairs = key_records(settings, topic, partition, east, 3)
             assert repairs and orjson.loads(repairs[-1][1]) == [20, 0, 0], (repairs, worker.output()[-3000:])
             generation = repairs[-1][2]
             assert generation >= 1
@@ -119,11 +121,11 @@ def test_a_late_changelog_write_of_a_replaced_owner_is_not_recovered(tmp_path: P
             south = orjson.dumps(f"{sku}|WH-SOUTH")
             producer.produce(**{**level("WH-SOUTH", 55, generation - 1, 1), "timestamp": int(time.time() * 1000)})
             assert producer.flush(30) == 0
-            late_at = next(off for off, value, _ in key_records(south, -1) if orjson.loads(value) == [55, 0, 0])
+            late_at = next(off for off, value, _ in key_records(settings, topic, partition, south, -1) if orjson.loads(value) == [55, 0, 0])
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not key_records(south, late_at):
+            while time.monotonic() < deadline and not key_records(settings, topic, partition, south, late_at):
                 time.sleep(0.5)
-            after = key_records(south, late_at)
+            after = key_records(settings, topic, partition, south, late_at)
             assert after and orjson.loads(after[-1][1]) == [7, 0, 0] and after[-1][2] == generation, \
                 (after, worker.output()[-3000:])
             assert "written again after a replaced owner's late write" in worker.output()
@@ -162,20 +164,7 @@ def test_after_compaction_the_owners_value_of_a_late_written_key_survives(tmp_pa
         assert producer.flush(30) == 0
 
         def east_values() -> list[list[int]]:
-            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "compact-test-reader",
-                          "enable.auto.commit": False, "enable.partition.eof": True})
-            c.assign([TopicPartition(topic, partition, 0)])
-            found = []
-            try:
-                while True:
-                    msg = c.poll(10)
-                    assert msg is not None, "no end-of-partition event"
-                    if msg.error():
-                        return found
-                    if msg.key() == east:
-                        found.append(orjson.loads(msg.value()))
-            finally:
-                c.close()
+            return [orjson.loads(value) for _, value, _ in key_records(settings, topic, partition, east, -1)]
 
         env = {"PEAKROUTE_CHANGELOG_SEGMENT_MS": "1000"}  # a worker ensures the topics' configs too
         first = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], tmp_path / "first.log", **env)
