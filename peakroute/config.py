@@ -104,7 +104,7 @@ class Settings:
     #: Where faust keeps the tables: ``rocksdb`` (local RocksDB files under ``state_dir``, memory
     #: bounded however many orders the day brings) or ``memory`` (the Python heap: grows with
     #: every order).  Either way a worker restores its tables from the changelogs at start
-    #: (peakroute/tables/store.py).
+    #: (peakroute/tables/store.py), with rocksdb only those written since a clean stop (``table_keep``).
     table_store: str = "rocksdb"
     #: With ``table_store=rocksdb``: MB of memory for all of a worker's table databases together
     #: (one block cache; memtables are charged to it).
@@ -117,6 +117,11 @@ class Settings:
     #: How long (s) one table's bulk restore may hold up a rebalance; past it faust's recovery
     #: reads the rest.
     table_restore_max_s: float = 60.0
+    #: With ``table_store=rocksdb``: ``clean-stop`` (a worker stopped cleanly — SIGTERM — leaves its
+    #: table files and a marker; the next worker started on the same state dir within 30 minutes
+    #: keeps them and reads only the changelog records written since: peakroute/tables/clean_stop.py)
+    #: or ``never`` (every start restores its tables in full from the changelogs).
+    table_keep: str = "clean-stop"
     #: How long (ms) a table changelog's active segment stays open before it is closed and may be
     #: compacted (streams/topics.changelog_config): a bound on how much of the day a restart reads
     #: uncompacted.  Applied to the changelog topics whenever a worker or ``stack up`` ensures them.

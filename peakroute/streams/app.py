@@ -29,7 +29,7 @@ from ..config import Settings
 from ..domain.catalog import load_catalog
 from ..domain.fulfillment import Watchlist
 from ..domain.network import load_network
-from ..tables import repair
+from ..tables import clean_stop, repair
 from ..tables.breaker_store import BreakerStore
 from ..tables.packed import PackedTable
 from ..tables.redis_views import RedisViews
@@ -68,8 +68,11 @@ def build_app(settings: Settings) -> faust.App:
             raise ValueError(f"PEAKROUTE_TABLE_RESTORE must be bulk or faust, not {settings.table_restore!r}")
         rocks.Store.restore_bootstrap = settings.kafka_bootstrap if settings.table_restore == "bulk" else None
         rocks.Store.restore_max_s = settings.table_restore_max_s
-        store_kwargs = {"store": rocks.STORE_URL,
-                        "tabledir": str(rocks.worker_tabledir(Path(faust_datadir(settings)) / "tables"))}
+        if settings.table_keep not in ("clean-stop", "never"):
+            raise ValueError(f"PEAKROUTE_TABLE_KEEP must be clean-stop or never, not {settings.table_keep!r}")
+        tabledir = rocks.worker_tabledir(Path(faust_datadir(settings)) / "tables", settings.app_id,
+                                         settings.partitions, keep=settings.table_keep == "clean-stop")
+        store_kwargs = {"store": rocks.STORE_URL, "tabledir": str(tabledir)}
         table_options = rocks.ROCKSDB_OPTIONS
     elif settings.table_store != "memory":
         raise ValueError(f"PEAKROUTE_TABLE_STORE must be rocksdb or memory, not {settings.table_store!r}")
@@ -177,6 +180,8 @@ def build_app(settings: Settings) -> faust.App:
     carry_changelogs(app, order_outbox, order_tables)
     carry_changelogs(app, stock_outbox, tables[len(order_tables):])
     repair.install(app, tables, settings.kafka_bootstrap)  # a late write never the last of its key
+    if settings.table_store == "rocksdb" and settings.table_keep == "clean-stop":
+        clean_stop.install(app, tables, [order_outbox, stock_outbox], settings.kafka_bootstrap)  # restarts read less
     common.install_guards(app, settings)  # poison-pill retry counts, zombie fencing (agents/common.py)
     common.install_stock_view_repair(app, levels=levels, views=views, stock_ops_topic=STOCK_OPS, partitions=n)
     inventory.register(app, inventory=topic(INVENTORY), stock_ops=stock_ops, dlq=dlq, catalog=catalog,

@@ -65,6 +65,11 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+#: How long a changelog tombstone stays readable after compaction reached it (``delete.retention.ms``).
+#: Local table files are trusted for at most half of it (tables/clean_stop.py).
+DELETE_RETENTION_MS = 3_600_000
+
+
 def changelog_config(segment_ms: int) -> dict[str, str]:
     """How the changelogs are compacted: so that what a worker reads at every start and takeover
     stays near one record per live key, not every write of the day.
@@ -78,13 +83,14 @@ def changelog_config(segment_ms: int) -> dict[str, str]:
     * ``min.cleanable.dirty.ratio`` 0.2: compact once a fifth of a log is uncompacted (default half).
     * ``delete.retention.ms`` 1 h (default 24 h): how long a tombstone (a released or shipped hold)
       stays to be read.  It must outlast the longest read of a partition from its start — a bulk
-      restore is bounded by ``table_restore_max_s`` (60 s), faust's recovery by the stall watch.
+      restore is bounded by ``table_restore_max_s`` (60 s), faust's recovery by the stall watch —
+      and the time a worker's local table files are caught up from (tables/clean_stop.py: half of it).
     * ``min.compaction.lag.ms`` 5 min: no record younger than this is compacted away.  It gives the
       owner of a partition time to write a key again after a replaced owner's late write of it
       (tables/repair.py) before the cleaner could remove the owner's own earlier record.
     """
     return {"segment.ms": str(segment_ms), "min.cleanable.dirty.ratio": "0.2",
-            "delete.retention.ms": str(3_600_000), "min.compaction.lag.ms": str(min(300_000, segment_ms))}
+            "delete.retention.ms": str(DELETE_RETENTION_MS), "min.compaction.lag.ms": str(min(300_000, segment_ms))}
 
 
 def changelog_specs(settings: Settings) -> list[TopicSpec]:  # noqa: F821

@@ -14,15 +14,24 @@ Deliberate departures from faust's own RocksDB store:
   event's partition is tried first; the others are asked only on a miss, through their bloom
   filters (a few µs).  A key lives on one partition only (its partition follows from its key), so
   the first hit is the only one.
-* **Every worker start begins from an empty store and restores from the changelog**, exactly as
-  with ``memory://`` (in bulk, by a librdkafka consumer, before faust's recovery: tables/restore.py).
-  Our changelog records are produced by the outbox (streams/outbox.py), and a table write can
-  reach the local RocksDB before its changelog record is acknowledged: after a kill -9 the local files could be *ahead* of Kafka, and a re-read batch would then skip a change
-  (a reservation, say) that the changelog never got — a later owner of the partition would not
-  know it.  The changelog is the one source of truth; the local files are a cache of it for one
-  process's lifetime.  Each worker process has its own directory (RocksDB locks its files;
-  several workers may share a state dir), and the next worker start removes the directories of
-  processes that are gone.  As the files never outlive their process, there is no write-ahead log.
+* **A worker start begins from an empty store and restores from the changelog** (in bulk, by a
+  librdkafka consumer, before faust's recovery: tables/restore.py) **unless the previous worker
+  process on the same state dir stopped cleanly** (tables/clean_stop.py: its files are kept, and
+  only the changelog records after its stop are read).  Our changelog records are produced by the
+  outbox (streams/outbox.py), and a table write can reach the local RocksDB before its changelog
+  record is acknowledged: after a kill -9 the local files could be *ahead* of Kafka, and a re-read
+  batch would then skip a change (a reservation, say) that the changelog never got — a later
+  owner of the partition would not know it.  The changelog is the one source of truth; the local
+  files are a cache of it, kept past their process only through a clean stop, which flushes and
+  closes every database after the last batch and checks the changelog before it says so.  Each
+  worker process has its own directory (RocksDB locks its files; several workers may share a
+  state dir), and the next worker start removes the directories of processes that are gone (or
+  adopts one a clean stop left).  There is no write-ahead log: a clean stop flushes the
+  memtables itself, and after a crash the files are not used.
+* **A database file is trusted for at most half the changelogs' ``delete.retention.ms``** after it
+  was last consistent (closed at a clean stop, or revoked in a rebalance): older, a key deleted
+  by another owner meanwhile could come back, its tombstone gone from the changelog.  Such a file
+  is deleted when the partition is opened again, and the partition restored in full.
 * **One memory budget** for all of a worker's databases (:func:`memory_budget`), not faust's
   per-database caches and memtables.
 * **``len(table)`` is RocksDB's estimate**, not a scan of every key (:meth:`Store._size`).
@@ -38,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 
 from ..metrics import registry as m
+from ..streams.topics import DELETE_RETENTION_MS
 from .stale import LateRecords, generation_of
 
 log = logging.getLogger(__name__)
@@ -114,6 +125,13 @@ class Store(faust_rocksdb.Store):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: partition -> wall-clock time its database was last consistent with the changelog and
+        #: closed (revoked); the adopted files of a clean stop count from the stop.
+        self._consistent_at: dict[int, float] = {}
+        #: Set by :meth:`stop`: partition -> the offset its last restore ended at (tables/clean_stop.py).
+        self.stopped_offsets: dict[int, int | None] | None = None
+        #: A write reached the store after :meth:`stop`: its files do not hold it, so they are not kept.
+        self.written_after_stop = False
         self._late = LateRecords()
         #: (partition, key) of late records recovery left out, until the owner writes them again.
         self._late_keys: list[tuple[int, bytes]] = []
@@ -147,6 +165,10 @@ class Store(faust_rocksdb.Store):
                         "partition had already moved from (a frozen worker's late writes), e.g. %s[%s]@%d key %r",
                         name, len(dropped), first.topic, first.partition, first.offset,
                         first.key[:80] if first.key else first.key)
+
+    #: Set by :meth:`stop` (see ``__init__``); class defaults for stores built without it (tests).
+    stopped_offsets: dict[int, int | None] | None = None
+    written_after_stop = False
 
     #: Bulk restore (tables/restore.py): the Kafka bootstrap to read the changelogs from, or None
     #: for faust's recovery alone (``PEAKROUTE_TABLE_RESTORE=faust``); set by streams/app.py.
@@ -218,15 +240,71 @@ class Store(faust_rocksdb.Store):
         return self.key_serializer == "json" and self.key_type is None
 
     def _open_for_partition(self, partition: int) -> Any:
-        """Without a write-ahead log: the files never outlive the process that wrote them (see
-        the module docstring), so the log would only cost a write per put (measured: 10 → 5 µs)."""
+        """A partition's database, caught up from where its files were last consistent if they
+        are still trusted (module docstring; adopted files get the clean stop's offset as their
+        persisted offset), else deleted first and restored in full.
+
+        Without a write-ahead log: files are kept past their process only through a clean stop,
+        which flushes them (:meth:`stop`), so the log would only cost a write per put (measured:
+        10 → 5 µs)."""
         import rocksdict
 
+        from .clean_stop import ADOPTED, trusted
+
+        path = self.partition_path(partition)
+        adopted = ADOPTED.get(self.table_name, {}).get(partition)
+        if adopted and not path.exists():  # never an adopted offset on a database that starts empty
+            adopted = None
+        consistent_at = adopted[1] if adopted else self._consistent_at.get(partition)
+        if path.exists() and not trusted(consistent_at, time.time(), self.trust_s):
+            shutil.rmtree(path, ignore_errors=True)
+            adopted = None
+            log.info("table %s partition %d: local files too old to catch up from (or of unknown origin): "
+                     "removed, restored in full", self.table_name, partition)
         db = super()._open_for_partition(partition)
         no_wal = rocksdict.WriteOptions()
         no_wal.disable_wal = True
         db.set_write_options(no_wal)
+        if adopted:
+            ADOPTED[self.table_name].pop(partition, None)
+            db.put(self.offset_key, str(adopted[0]).encode())
         return db
+
+    #: How long (s) a closed database may be caught up from its persisted offset (module docstring).
+    trust_s: float = DELETE_RETENTION_MS / 1000 / 2
+
+    def _db_for_partition(self, partition: int) -> Any:
+        if self.stopped_offsets is not None:
+            self.written_after_stop = True
+            raise RuntimeError(f"table {self.table_name}: used after its store stopped")
+        return super()._db_for_partition(partition)
+
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        """faust's revocation (the databases are dropped, their files left for a later assignment),
+        remembering when each file was last consistent (:meth:`_open_for_partition`)."""
+        now = time.time()
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics and tp.partition in self._dbs:
+                self._consistent_at[tp.partition] = now
+        super().revoke_partitions(table, tps)
+
+    async def stop(self) -> None:
+        """faust's stop, after flushing and closing every database (their memtables would be lost
+        otherwise: no write-ahead log) and noting where each partition's last restore ended, for
+        the clean-stop marker (tables/clean_stop.py)."""
+        stopped: dict[int, int | None] = {}
+        for partition, db in list(self._dbs.items()):
+            try:
+                raw = db.get(self.offset_key)
+                stopped[partition] = None if raw is None else int(raw)
+                db.flush()
+                db.close()
+            except Exception as exc:  # noqa: BLE001 - files not kept: the next start restores in full
+                self.written_after_stop = True
+                log.warning("table %s partition %d: not closed cleanly: %r", self.table_name, partition, exc)
+        self._dbs.clear()
+        self.stopped_offsets = stopped
+        await super().stop()
 
     def _lookup(self, key: bytes, first: int | None = None, exact: bool = False) -> bytes | None:
         """The value of ``key`` from the partition that holds it: ``first`` (the caller's hint),
@@ -333,22 +411,12 @@ def register() -> None:
     STORES.data.setdefault(STORE_URL.split(":", 1)[0], f"{__name__}:Store")
 
 
-def worker_tabledir(root: Path, pid: int | None = None) -> Path:
-    """This process's own, empty table directory under ``root``; removes those of dead processes.
-
-    See the module docstring: a worker always restores its tables from the changelogs."""
+def worker_tabledir(root: Path, app_id: str, partitions: int, keep: bool = True, pid: int | None = None) -> Path:
+    """This process's own table directory under ``root``: the files a cleanly stopped worker left
+    (``keep``; tables/clean_stop.py) or a new, empty one; removes those of other dead processes."""
     from ..stack import pid_alive
+    from .clean_stop import adopt
 
     pid = os.getpid() if pid is None else pid
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("worker-*"):
-        try:
-            other = int(old.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if other == pid or not pid_alive(other):
-            shutil.rmtree(old, ignore_errors=True)
-            log.info("removed table files of a finished worker process: %s", old)
-    mine = root / f"worker-{pid}"
-    mine.mkdir()
+    mine, _ = adopt(root, pid, app_id, partitions, Store.trust_s, pid_alive, keep=keep)
     return mine
