@@ -60,8 +60,10 @@ def main() -> None:
                     help="with --join: the simulator offers this many orders/s (open loop) from 5 s before the "
                          "second worker starts until both have recovered, so the rebalance happens under load")
     ap.add_argument("--restart", action="store_true",
-                    help="after the drain, stop the worker and time a fresh one's table recovery (every worker "
-                         "start, and every takeover since standbys are off, reads the changelogs from the start)")
+                    help="after the drain, stop the worker (SIGTERM) and time a fresh one's table recovery on the "
+                         "same state dir: it keeps the stopped worker's table files and reads only what came after "
+                         "(add --worker-env PEAKROUTE_TABLE_KEEP=never for a restore from the changelogs' start, "
+                         "what every takeover after a crash reads)")
     ap.add_argument("--compact-wait", type=float, default=0.0, metavar="S",
                     help="with --restart: wait this long after the drain for the broker's log cleaner before the "
                          "restart (a compressed day: with --changelog-segment-ms 5000, segments close during the drain)")
@@ -164,9 +166,11 @@ def drain(settings: Settings, env: dict[str, str], raw: int, tmp: Path, topics: 
             result["payloads_s"] = raw / max(0.001, el - (started[0] - t0))
             result["cpu_us_per_payload"] = (cpu - started[1]) / raw * 1e6
     finally:
+        stopping = time.monotonic()
         for w in workers:
             w.send_signal(__import__("signal").SIGINT if profile else __import__("signal").SIGTERM)
             w.wait()
+        print(f"workers stopped (SIGTERM) in {time.monotonic() - stopping:.1f} s")
     # Re-reads the workers did (they cost drain time): records set aside during the start-up
     # rebalance, and records that reached an agent out of order (agents.common.InputOrder).
     logs = "".join((tmp / f"w{i}.log").read_text(errors="replace") for i in range(n_workers))
@@ -325,11 +329,15 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
     if "complete" not in marks:
         print(f"restart: no 'Recovery complete' within 600 s (the worker's log: {kept})")
         return
+    text = kept.read_text(errors="replace")
+    if "kept the table files of a cleanly stopped worker process" in text:
+        print("restart: the drain worker's table files were kept (clean stop, PEAKROUTE_TABLE_KEEP=clean-stop): "
+              "only the changelog records written since its stop are read")
     reading = marks["complete"] - marks.get("restoring", 0.0)
     print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
           f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
           f"records/s (the worker's log: {kept})")
-    bulk = [(int(n), float(sec)) for n, sec in BULK_RESTORE_LINE.findall(kept.read_text(errors="replace"))]
+    bulk = [(int(n), float(sec)) for n, sec in BULK_RESTORE_LINE.findall(text)]
     if bulk:
         n, sec = sum(b[0] for b in bulk), sum(b[1] for b in bulk)
         print(f"restart: bulk restore (PEAKROUTE_TABLE_RESTORE=bulk) read {n} records in {sec:.2f} s: "

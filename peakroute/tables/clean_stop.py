@@ -18,9 +18,10 @@ How, and why it is safe:
   to (:func:`marker_offset`): the last record if this process wrote it (its writer generation is
   the worker's), or the restore's end if nothing was written since.  A partition whose last record
   was written by anyone else (a new owner already, or a replaced owner's late write) is left out:
-  its files are deleted and it is restored in full.  No marker at all when a batch or timer wrote
-  a table after its store stopped, when the event loop had been frozen long enough for the group to
-  give the partitions away (agents.common.FreezeWatch), or when a flush failed.  A crash (kill -9,
+  its files are deleted and it is restored in full.  No marker at all when a store was used after
+  it stopped (a rebalance racing the stop reopens databases; a marker already written is then
+  removed), when the event loop had been frozen long enough for the group to give the partitions
+  away (agents.common.FreezeWatch), or when a flush failed.  A crash (kill -9,
   an exit on a plumbing failure) writes no marker: the next start restores in full, as before,
   because a crash can leave the local files *ahead* of the changelog (tables/store.py).
 * **At the next start on the same state dir** (:func:`adopt`, under a file lock: workers sharing a
@@ -290,9 +291,6 @@ def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) ->
             for name, store, topic in stores:
                 if not isinstance(store, Store) or store.stopped_offsets is None:
                     continue
-                if store.written_after_stop:
-                    log.warning("table %s: written after its store stopped; its files are not kept", name)
-                    continue
                 late = {p for p, _ in store.late_keys()}  # still to be repaired: read in full next time
                 parts = sorted(p for p in store.stopped_offsets if p not in late)
                 last = last_records(bootstrap, topic, parts) if parts else {}
@@ -311,6 +309,10 @@ def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) ->
             log.warning("table files not kept at stop: %r", exc)
             return
         if not any(kept.values()):
+            return
+        used = [name for name, store, _ in stores if isinstance(store, Store) and store.used_after_stop]
+        if used:  # checked again here, with no await before the write (a later use removes the marker)
+            log.warning("table files not kept at stop: table(s) %s used after their stores stopped", used)
             return
         write_marker(tabledir, CleanStop(app_id=app.conf.id, partitions=app.conf.topic_partitions,
                                          stopped_at=time.time(), generation=generation, tables=kept))

@@ -58,6 +58,7 @@ from faust.streams import current_event
 
 from ..metrics import registry as m
 from ..streams.topics import DELETE_RETENTION_MS
+from .clean_stop import MARKER
 from .stale import LateRecords, generation_of
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ class Store(faust_rocksdb.Store):
         self._consistent_at: dict[int, float] = {}
         #: Set by :meth:`stop`: partition -> the offset its last restore ended at (tables/clean_stop.py).
         self.stopped_offsets: dict[int, int | None] | None = None
-        #: A write reached the store after :meth:`stop`: its files do not hold it, so they are not kept.
-        self.written_after_stop = False
+        #: The store was used after :meth:`stop`: its files may not match the marker, so they are not kept.
+        self.used_after_stop = False
         self._late = LateRecords()
         #: (partition, key) of late records recovery left out, until the owner writes them again.
         self._late_keys: list[tuple[int, bytes]] = []
@@ -168,7 +169,7 @@ class Store(faust_rocksdb.Store):
 
     #: Set by :meth:`stop` (see ``__init__``); class defaults for stores built without it (tests).
     stopped_offsets: dict[int, int | None] | None = None
-    written_after_stop = False
+    used_after_stop = False
 
     #: Bulk restore (tables/restore.py): the Kafka bootstrap to read the changelogs from, or None
     #: for faust's recovery alone (``PEAKROUTE_TABLE_RESTORE=faust``); set by streams/app.py.
@@ -274,9 +275,14 @@ class Store(faust_rocksdb.Store):
     trust_s: float = DELETE_RETENTION_MS / 1000 / 2
 
     def _db_for_partition(self, partition: int) -> Any:
-        if self.stopped_offsets is not None:
-            self.written_after_stop = True
-            raise RuntimeError(f"table {self.table_name}: used after its store stopped")
+        """faust's (it opens the database if needed); after :meth:`stop` — a rebalance racing the
+        stop, say, whose recovery reads or writes the databases again — the files no longer match
+        what the clean-stop marker would say: no marker, and one already written is removed."""
+        if self.stopped_offsets is not None and not self.used_after_stop:
+            self.used_after_stop = True
+            (Path(self.path) / MARKER).unlink(missing_ok=True)
+            log.info("table %s: used after its store stopped (a rebalance during the stop?): its files are "
+                     "not kept", self.table_name)
         return super()._db_for_partition(partition)
 
     def revoke_partitions(self, table: Any, tps: Any) -> None:
@@ -300,7 +306,7 @@ class Store(faust_rocksdb.Store):
                 db.flush()
                 db.close()
             except Exception as exc:  # noqa: BLE001 - files not kept: the next start restores in full
-                self.written_after_stop = True
+                self.used_after_stop = True
                 log.warning("table %s partition %d: not closed cleanly: %r", self.table_name, partition, exc)
         self._dbs.clear()
         self.stopped_offsets = stopped
