@@ -71,7 +71,8 @@ def build_app(settings: Settings) -> faust.App:
         if settings.table_keep not in ("clean-stop", "never"):
             raise ValueError(f"PEAKROUTE_TABLE_KEEP must be clean-stop or never, not {settings.table_keep!r}")
         tabledir = rocks.worker_tabledir(Path(faust_datadir(settings)) / "tables", settings.app_id,
-                                         settings.partitions, keep=settings.table_keep == "clean-stop")
+                                         settings.partitions, settings.kafka_bootstrap,
+                                         keep=settings.table_keep == "clean-stop")
         store_kwargs = {"store": rocks.STORE_URL, "tabledir": str(tabledir)}
         table_options = rocks.ROCKSDB_OPTIONS
     elif settings.table_store != "memory":

@@ -26,7 +26,8 @@ How, and why it is safe:
   because a crash can leave the local files *ahead* of the changelog (tables/store.py).
 * **At the next start on the same state dir** (:func:`adopt`, under a file lock: workers sharing a
   state dir start concurrently), the newest directory of a finished process that holds a marker
-  young enough is renamed to the new process's own; the marker is removed at once (a crash of the
+  young enough, for the same changelog topics (their Kafka topic ids: a topic deleted and created
+  again starts its offsets again), is renamed to the new process's own; the marker is removed at once (a crash of the
   adopting process must not leave a marker that no longer describes the files), the databases it
   does not name are deleted, and each named database gets its offset as faust's persisted offset
   when it is first opened — so the bulk restore and faust's recovery read only the records after
@@ -79,12 +80,16 @@ class CleanStop:
     generation: int  #: the consumer-group generation it held its partitions in
     #: table name -> partition -> offset of the last changelog record its database holds
     tables: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: table name -> its changelog topic's Kafka topic id: offsets mean nothing in a topic deleted
+    #: and created again (a wiped broker, a reset) — its records start again at 0
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps({"version": VERSION, "app_id": self.app_id, "partitions": self.partitions,
                              "stopped_at": self.stopped_at, "generation": self.generation,
                              "tables": {name: {str(p): o for p, o in parts.items()}
-                                        for name, parts in self.tables.items()}})
+                                        for name, parts in self.tables.items()},
+                             "topic_ids": self.topic_ids})
 
     @classmethod
     def from_json(cls, raw: bytes) -> CleanStop | None:
@@ -96,7 +101,8 @@ class CleanStop:
             return cls(app_id=str(d["app_id"]), partitions=int(d["partitions"]), stopped_at=float(d["stopped_at"]),
                        generation=int(d["generation"]),
                        tables={str(name): {int(p): int(o) for p, o in parts.items()}
-                               for name, parts in d["tables"].items()})
+                               for name, parts in d["tables"].items()},
+                       topic_ids={str(k): str(v) for k, v in d["topic_ids"].items()})
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -151,11 +157,14 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, alive: Callable[[int], bool],
-          now: float | None = None, keep: bool = True) -> tuple[Path, CleanStop | None]:
+          topic_ids: Callable[[list[str]], dict[str, str]], now: float | None = None,
+          keep: bool = True) -> tuple[Path, CleanStop | None]:
     """This process's table directory under ``root`` (``worker-<pid>``): the newest finished
     process's directory with a marker young enough, renamed, or a new empty one; the directories of
     other finished processes are removed.  Records the adopted databases in :data:`ADOPTED`.
-    ``keep=False``: never adopt (every start restores in full)."""
+    ``topic_ids``: table names -> their changelog topics' ids now (a table whose topic is not the
+    one the marker names is not adopted; if it raises, nothing is).  ``keep=False``: never adopt
+    (every start restores in full)."""
     now = time.time() if now is None else now
     root.mkdir(parents=True, exist_ok=True)
     mine = root / f"worker-{pid}"
@@ -182,6 +191,21 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
                     marker = None
             finished.append((marker.stopped_at if marker else float("-inf"), old, marker))
         finished.sort(key=lambda f: f[0], reverse=True)
+        if finished and finished[0][2] is not None:
+            try:
+                now_ids = topic_ids(sorted(finished[0][2].tables))
+            except Exception as exc:  # noqa: BLE001 - restored in full
+                log.warning("table files of %s not kept: the changelog topics' ids not read: %r", finished[0][1], exc)
+                now_ids = None
+            if now_ids is not None:
+                marker = finished[0][2]
+                moved = sorted(t for t in marker.tables if now_ids.get(t) != marker.topic_ids.get(t))
+                if moved:
+                    log.info("table files of %s not kept for table(s) %s: their changelog topics were created "
+                             "again since the stop", finished[0][1], moved)
+                marker.tables = {t: parts for t, parts in marker.tables.items() if t not in moved}
+            if now_ids is None or not any(finished[0][2].tables.values()):
+                finished[0] = (finished[0][0], finished[0][1], None)
         if finished and finished[0][2] is not None:
             _, old, adopted = finished.pop(0)
             old.rename(mine)
@@ -261,6 +285,16 @@ def last_records(bootstrap: str, topic: str, partitions: list[int], timeout_s: f
     return out
 
 
+def topic_ids(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, str]:
+    """Topic name -> Kafka topic id (a topic created again gets a new one)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "peakroute-worker-clean-stop"})
+    futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
+    return {name: str(f.result(timeout_s).topic_id) for name, f in futures.items()}
+
+
 def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) -> None:
     """At a clean stop, once the outboxes are flushed, write the marker for the tables whose
     stores stopped cleanly (module docstring).  Tables on our RocksDB store only."""
@@ -286,7 +320,8 @@ def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) ->
             return
         generation = int(getattr(app, "consumer_generation_id", 0) or 0)
 
-        def decide() -> dict[str, dict[int, int]]:
+        def decide() -> tuple[dict[str, dict[int, int]], dict[str, str]]:
+            ids = topic_ids(bootstrap, [topic for _, _, topic in stores])
             kept: dict[str, dict[int, int]] = {}
             for name, store, topic in stores:
                 if not isinstance(store, Store) or store.stopped_offsets is None:
@@ -300,11 +335,11 @@ def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) ->
                 if left:
                     log.info("table %s: partition(s) %s not kept (written by another owner since, or a late "
                              "write still to repair): restored in full next time", name, left)
-            return kept
+            return kept, {name: ids[topic] for name, _, topic in stores}
 
         t0 = time.monotonic()
         try:
-            kept = await asyncio.get_running_loop().run_in_executor(None, decide)
+            kept, ids = await asyncio.get_running_loop().run_in_executor(None, decide)
         except Exception as exc:  # noqa: BLE001 - no marker: the next start restores in full
             log.warning("table files not kept at stop: %r", exc)
             return
@@ -315,7 +350,8 @@ def install(app: Any, tables: list[Any], outboxes: list[Any], bootstrap: str) ->
             log.warning("table files not kept at stop: table(s) %s used after their stores stopped", used)
             return
         write_marker(tabledir, CleanStop(app_id=app.conf.id, partitions=app.conf.topic_partitions,
-                                         stopped_at=time.time(), generation=generation, tables=kept))
+                                         stopped_at=time.time(), generation=generation, tables=kept,
+                                         topic_ids=ids))
         log.info("table files kept for the next start on this state dir: %d partition database(s) of %d "
                  "table(s), marker written in %.2f s", sum(len(v) for v in kept.values()), len(kept),
                  time.monotonic() - t0)

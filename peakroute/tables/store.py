@@ -417,12 +417,18 @@ def register() -> None:
     STORES.data.setdefault(STORE_URL.split(":", 1)[0], f"{__name__}:Store")
 
 
-def worker_tabledir(root: Path, app_id: str, partitions: int, keep: bool = True, pid: int | None = None) -> Path:
+def worker_tabledir(root: Path, app_id: str, partitions: int, bootstrap: str, keep: bool = True,
+                    pid: int | None = None) -> Path:
     """This process's own table directory under ``root``: the files a cleanly stopped worker left
     (``keep``; tables/clean_stop.py) or a new, empty one; removes those of other dead processes."""
     from ..stack import pid_alive
-    from .clean_stop import adopt
+    from ..streams.topics import changelog_topic
+    from .clean_stop import adopt, topic_ids
+
+    def ids(tables: list[str]) -> dict[str, str]:
+        by_topic = topic_ids(bootstrap, [changelog_topic(app_id, t) for t in tables])
+        return {t: by_topic[changelog_topic(app_id, t)] for t in tables}
 
     pid = os.getpid() if pid is None else pid
-    mine, _ = adopt(root, pid, app_id, partitions, Store.trust_s, pid_alive, keep=keep)
+    mine, _ = adopt(root, pid, app_id, partitions, Store.trust_s, pid_alive, ids, keep=keep)
     return mine

@@ -27,7 +27,7 @@ from peakroute.domain.catalog import load_catalog
 from peakroute.domain.network import load_network
 from peakroute.streams.app import faust_datadir
 from peakroute.streams.topics import INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REPLIES, TABLES, changelog_topic
-from peakroute.tables.clean_stop import MARKER, CleanStop, db_filename
+from peakroute.tables.clean_stop import MARKER, CleanStop, db_filename, topic_ids
 
 from ..conftest import local_stack
 from .harness import PeakrouteProcess, unique_app_id
@@ -106,6 +106,8 @@ def test_a_cleanly_stopped_worker_restarts_from_its_files_and_reads_only_what_ca
         stop = CleanStop.from_json(markers[0].read_bytes())
         assert stop is not None and set(stop.tables) == set(TABLES), stop
         assert sum(len(p) for p in stop.tables.values()) == len(TABLES) * first.partitions, "all partitions kept"
+        ids = topic_ids(first.kafka_bootstrap, [changelog_topic(first.app_id, t) for t in TABLES])
+        assert stop.topic_ids == {t: ids[changelog_topic(first.app_id, t)] for t in TABLES}, "each changelog's id"
 
         # Another worker (its own state dir) takes the partitions and routes more: records after the stop.
         simulate(first, 800, seed=2)

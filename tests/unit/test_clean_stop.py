@@ -58,7 +58,8 @@ def test_files_are_trusted_for_a_bounded_time_from_when_they_were_consistent() -
 
 
 def test_the_marker_round_trips_and_a_foreign_one_is_ignored() -> None:
-    m = cs.CleanStop("app", 6, 123.5, GEN, {"order-routing": {0: 10, 3: 99}, "stock-holds": {}})
+    m = cs.CleanStop("app", 6, 123.5, GEN, {"order-routing": {0: 10, 3: 99}, "stock-holds": {}},
+                     {"order-routing": "id-1", "stock-holds": "id-2"})
     assert cs.CleanStop.from_json(m.to_json()) == m
     assert cs.CleanStop.from_json(b"{not json") is None
     assert cs.CleanStop.from_json(m.to_json().replace(b'"version":1', b'"version":2')) is None
@@ -88,16 +89,26 @@ def alive(pid: int) -> bool:
     return pid in (os.getpid(), os.getppid())
 
 
+def same_topics(tables: list[str]) -> dict[str, str]:
+    """The changelog topics' ids now: those the markers of these tests name."""
+    return {t: f"id-{t}" for t in tables}
+
+
+def ids(*tables: str) -> dict[str, str]:
+    return same_topics(list(tables))
+
+
 def test_the_newest_clean_stop_is_adopted_and_the_other_finished_directories_removed(tmp_path: Path) -> None:
     now = time.time()
     older, newer, crashed = dead_pid(), dead_pid(), dead_pid()
-    stopped_dir(tmp_path, older, cs.CleanStop("app", 6, now - 100, 3, {"stock-levels": {0: 5}}), ["stock-levels-0.db"])
-    stopped_dir(tmp_path, newer, cs.CleanStop("app", 6, now - 10, 4, {"stock-levels": {1: 8}, "order-routing": {2: 50}}),
+    stopped_dir(tmp_path, older, cs.CleanStop("app", 6, now - 100, 3, {"stock-levels": {0: 5}}, ids("stock-levels")), ["stock-levels-0.db"])
+    stopped_dir(tmp_path, newer, cs.CleanStop("app", 6, now - 10, 4, {"stock-levels": {1: 8}, "order-routing": {2: 50}},
+                                          ids("stock-levels", "order-routing")),
                 ["stock-levels-1.db", "order-routing-2.db", "order-routing-4.db", "stock-holds-1.db"])
     stopped_dir(tmp_path, crashed, None, ["order-routing-0.db"])
     live = stopped_dir(tmp_path, os.getppid(), None, ["order-routing-5.db"])
 
-    mine, marker = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, now=now)
+    mine, marker = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, same_topics, now=now)
 
     assert mine == tmp_path / f"worker-{os.getpid()}" and marker is not None and marker.generation == 4
     assert sorted(p.name for p in mine.iterdir()) == ["order-routing-2.db", "stock-levels-1.db"], \
@@ -109,22 +120,43 @@ def test_the_newest_clean_stop_is_adopted_and_the_other_finished_directories_rem
 
 
 @pytest.mark.parametrize("why, marker", [
-    ("too old", cs.CleanStop("app", 6, time.time() - 1801, 4, {"stock-levels": {1: 8}})),
-    ("another app", cs.CleanStop("other", 6, time.time(), 4, {"stock-levels": {1: 8}})),
-    ("another partition count", cs.CleanStop("app", 12, time.time(), 4, {"stock-levels": {1: 8}})),
+    ("too old", cs.CleanStop("app", 6, time.time() - 1801, 4, {"stock-levels": {1: 8}}, ids("stock-levels"))),
+    ("another app", cs.CleanStop("other", 6, time.time(), 4, {"stock-levels": {1: 8}}, ids("stock-levels"))),
+    ("another partition count", cs.CleanStop("app", 12, time.time(), 4, {"stock-levels": {1: 8}}, ids("stock-levels"))),
 ])
 def test_a_clean_stop_that_does_not_fit_is_not_adopted(tmp_path: Path, why: str, marker: cs.CleanStop) -> None:
     pid = dead_pid()
     stopped_dir(tmp_path, pid, marker, ["stock-levels-1.db"])
-    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive)
+    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, same_topics)
     assert adopted is None and list(mine.iterdir()) == [], why
     assert not (tmp_path / f"worker-{pid}").exists()
 
 
+def test_a_table_whose_changelog_topic_was_created_again_is_not_adopted(tmp_path: Path) -> None:
+    """Offsets start again at 0 in a topic deleted and created again (a wiped broker): the marker's
+    offsets would skip its records.  The topic id tells it."""
+    pid = dead_pid()
+    marker = cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}, "order-routing": {2: 50}},
+                          ids("stock-levels", "order-routing"))
+    stopped_dir(tmp_path, pid, marker, ["stock-levels-1.db", "order-routing-2.db"])
+    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive,
+                             lambda tables: {**same_topics(tables), "order-routing": "a-new-id"})
+    assert adopted is not None and adopted.tables == {"stock-levels": {1: 8}}
+    assert sorted(p.name for p in mine.iterdir()) == ["stock-levels-1.db"]
+
+    def unreachable(tables: list[str]) -> dict[str, str]:
+        raise TimeoutError("no broker")
+
+    pid = dead_pid()
+    stopped_dir(tmp_path, pid, marker, ["stock-levels-1.db"])
+    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, unreachable)
+    assert adopted is None and list(mine.iterdir()) == [], "the ids not read: nothing adopted"
+
+
 def test_never_keeping_restores_in_full(tmp_path: Path) -> None:
     pid = dead_pid()
-    stopped_dir(tmp_path, pid, cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}}), ["stock-levels-1.db"])
-    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, keep=False)
+    stopped_dir(tmp_path, pid, cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}}, ids("stock-levels")), ["stock-levels-1.db"])
+    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, same_topics, keep=False)
     assert adopted is None and list(mine.iterdir()) == []
 
 
@@ -132,11 +164,11 @@ def test_a_marker_is_adopted_once(tmp_path: Path) -> None:
     """The adopting process removes the marker at once: if it crashes, its files (changed since)
     must not be adopted by the next one."""
     pid = dead_pid()
-    stopped_dir(tmp_path, pid, cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}}), ["stock-levels-1.db"])
+    stopped_dir(tmp_path, pid, cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}}, ids("stock-levels")), ["stock-levels-1.db"])
     first = dead_pid()  # the adopting process, then dead
-    mine, adopted = cs.adopt(tmp_path, first, "app", 6, 1800, alive)
+    mine, adopted = cs.adopt(tmp_path, first, "app", 6, 1800, alive, same_topics)
     assert adopted is not None and not (mine / cs.MARKER).exists()
-    again, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive)
+    again, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, same_topics)
     assert adopted is None and list(again.iterdir()) == [] and not mine.exists()
 
 
@@ -173,7 +205,7 @@ def test_a_clean_stop_flushes_the_databases_and_an_adopted_one_resumes_from_the_
         assert again._db_for_partition(2).get(b"k") is None
         await again.stop()
         assert again.stopped_offsets == {1: 90, 2: None}
-        cs.write_marker(tmp_path, cs.CleanStop("t-keep", 4, time.time(), GEN, {"stock-levels": {1: 90}}))
+        cs.write_marker(tmp_path, cs.CleanStop("t-keep", 4, time.time(), GEN, {"stock-levels": {1: 90}}, {}))
         again._db_for_partition(1)  # a rebalance racing the stop opens a database again
         assert again.used_after_stop and not (tmp_path / cs.MARKER).exists(), "the marker no longer holds"
         again._dbs[1].close()

@@ -93,12 +93,12 @@ def test_each_worker_process_gets_its_own_empty_directory_and_dead_ones_are_remo
     (tmp_path / f"worker-{dead_pid}" / "order-state-0.db").mkdir(parents=True)
     live = tmp_path / f"worker-{os.getppid()}"
     (live / "x").mkdir(parents=True)
-    mine = rocks.worker_tabledir(tmp_path, "t", 6)
+    mine = rocks.worker_tabledir(tmp_path, "t", 6, "127.0.0.1:1")
     assert mine == tmp_path / f"worker-{os.getpid()}" and list(mine.iterdir()) == []
     assert not (tmp_path / f"worker-{dead_pid}").exists(), "a finished worker's files are removed"
     assert (live / "x").exists(), "a running process's files are left alone"
     (mine / "leftover").mkdir()
-    again = rocks.worker_tabledir(tmp_path, "t", 6)
+    again = rocks.worker_tabledir(tmp_path, "t", 6, "127.0.0.1:1")
     assert again == mine and list(again.iterdir()) == [], "a restart in the same process starts empty"
 
 
