@@ -179,7 +179,7 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
             if other != pid and alive(other):
                 continue
             marker = None
-            if keep and other != pid:
+            if keep:  # our own pid's too: a container's worker is pid 1 at every start
                 try:
                     marker = CleanStop.from_json((old / MARKER).read_bytes())
                 except OSError:
@@ -208,7 +208,8 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
                 finished[0] = (finished[0][0], finished[0][1], None)
         if finished and finished[0][2] is not None:
             _, old, adopted = finished.pop(0)
-            old.rename(mine)
+            if old != mine:
+                old.rename(mine)
             (mine / MARKER).unlink()  # the files change from now on: never adopted twice
             wanted = {db_filename(t, p) for t, parts in adopted.tables.items() for p in parts}
             for path in mine.iterdir():

@@ -153,6 +153,15 @@ def test_a_table_whose_changelog_topic_was_created_again_is_not_adopted(tmp_path
     assert adopted is None and list(mine.iterdir()) == [], "the ids not read: nothing adopted"
 
 
+def test_a_clean_stop_under_the_same_pid_is_adopted(tmp_path: Path) -> None:
+    """A container's worker is pid 1 at every start: the directory named after our own pid is a
+    finished process's too."""
+    stopped_dir(tmp_path, os.getpid(), cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}},
+                                                    ids("stock-levels")), ["stock-levels-1.db", "stock-holds-1.db"])
+    mine, adopted = cs.adopt(tmp_path, os.getpid(), "app", 6, 1800, alive, same_topics)
+    assert adopted is not None and sorted(p.name for p in mine.iterdir()) == ["stock-levels-1.db"]
+
+
 def test_never_keeping_restores_in_full(tmp_path: Path) -> None:
     pid = dead_pid()
     stopped_dir(tmp_path, pid, cs.CleanStop("app", 6, time.time(), 4, {"stock-levels": {1: 8}}, ids("stock-levels")), ["stock-levels-1.db"])

@@ -78,6 +78,21 @@ def test_compose_takes_every_secret_from_the_environment() -> None:
     assert "DEMO-ONLY" in text
 
 
+def test_compose_workers_keep_their_table_files_on_volumes_of_their_own() -> None:
+    """The image's state dir is writable by its unprivileged user, and each worker has a volume of
+    its own there: a clean stop's table files (tables/clean_stop.py) survive a recreated container,
+    and two workers — both pid 1 in their containers — never share per-process directories."""
+    docker = (ROOT / "Dockerfile").read_text()
+    state = re.search(r"ENV PEAKROUTE_STATE_DIR=(\S+)", docker)
+    assert state and f"chown nobody:nogroup {state.group(1)}" in docker and "USER nobody" in docker
+    compose = (ROOT / "docker-compose.yml").read_text()
+    mounts = re.findall(r'volumes: \["(worker-\d+-state):(\S+)"\]', compose)
+    workers = re.findall(r"^  (worker-\d+):$", compose, re.M)
+    assert len(mounts) == len(workers) == 2 and len({v for v, _ in mounts}) == len(workers)
+    assert all(path == state.group(1) for _, path in mounts)
+    assert all(f"  {volume}:" in compose.split("\nvolumes:")[-1] for volume, _ in mounts)
+
+
 # --------------------------------------------------------------------------- dependencies
 
 
