@@ -330,13 +330,15 @@ def time_recovery(settings: Settings, env: dict[str, str], tmp: Path) -> None:
         print(f"restart: no 'Recovery complete' within 600 s (the worker's log: {kept})")
         return
     text = kept.read_text(errors="replace")
-    if "kept the table files of a cleanly stopped worker process" in text:
-        print("restart: the drain worker's table files were kept (clean stop, PEAKROUTE_TABLE_KEEP=clean-stop): "
-              "only the changelog records written since its stop are read")
     reading = marks["complete"] - marks.get("restoring", 0.0)
-    print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
-          f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
-          f"records/s (the worker's log: {kept})")
+    if "kept the table files of a cleanly stopped worker process" in text:
+        print(f"restart: the drain worker's table files were kept (clean stop, PEAKROUTE_TABLE_KEEP=clean-stop): "
+              f"only the changelog records written since its stop are read, of {records} ({by_table}); recovery "
+              f"complete {marks['complete']:.1f} s after the process started (the worker's log: {kept})")
+    else:
+        print(f"restart: {records} changelog records ({by_table}); recovery complete {marks['complete']:.1f} s after "
+              f"the process started, {reading:.1f} s of it reading changelogs: {records / max(0.001, reading):.0f} "
+              f"records/s (the worker's log: {kept})")
     bulk = [(int(n), float(sec)) for n, sec in BULK_RESTORE_LINE.findall(text)]
     if bulk:
         n, sec = sum(b[0] for b in bulk), sum(b[1] for b in bulk)
