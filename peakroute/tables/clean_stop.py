@@ -32,7 +32,8 @@ How, and why it is safe:
   does not name are deleted, and each named database gets its offset as faust's persisted offset
   when it is first opened — so the bulk restore and faust's recovery read only the records after
   it, written by whoever owned the partition meanwhile.  The other finished directories are
-  deleted as before.
+  deleted as before, except those with a usable marker: several workers sharing a state dir and
+  restarted together adopt one each.
 * **A file is trusted for at most half the changelogs' ``delete.retention.ms``** from the moment it
   was last consistent (its clean stop, or its revocation within one process), counted when it is
   opened: a key deleted by another owner meanwhile is deleted by its tombstone record, and Kafka
@@ -161,7 +162,8 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
           keep: bool = True) -> tuple[Path, CleanStop | None]:
     """This process's table directory under ``root`` (``worker-<pid>``): the newest finished
     process's directory with a marker young enough, renamed, or a new empty one; the directories of
-    other finished processes are removed.  Records the adopted databases in :data:`ADOPTED`.
+    other finished processes are removed, but for those with a usable marker (the next to start
+    adopts one).  Records the adopted databases in :data:`ADOPTED`.
     ``topic_ids``: table names -> their changelog topics' ids now (a table whose topic is not the
     one the marker names is not adopted; if it raises, nothing is).  ``keep=False``: never adopt
     (every start restores in full)."""
@@ -221,9 +223,10 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
             log.info("kept the table files of a cleanly stopped worker process (%s, stopped %.0f s ago): "
                      "%d partition database(s); only the changelog records after its stop are read",
                      old.name, now - adopted.stopped_at, len(wanted))
-        for _, old, _marker in finished:
-            _remove(old)
-            log.info("removed table files of a finished worker process: %s", old)
+        for _, old, marker in finished:
+            if marker is None:  # one with a usable marker is left for the next worker to start
+                _remove(old)
+                log.info("removed table files of a finished worker process: %s", old)
         mine.mkdir(exist_ok=True)
     return mine, adopted
 

@@ -278,12 +278,23 @@ class Store(faust_rocksdb.Store):
         """faust's (it opens the database if needed); after :meth:`stop` — a rebalance racing the
         stop, say, whose recovery reads or writes the databases again — the files no longer match
         what the clean-stop marker would say: no marker, and one already written is removed."""
-        if self.stopped_offsets is not None and not self.used_after_stop:
+        if self.stopped_offsets is not None:
+            self._used_after_stop()
+        return super()._db_for_partition(partition)
+
+    def _del(self, key: bytes) -> None:
+        """faust's delete (on the databases open now: after :meth:`stop`, none — while its tombstone
+        may still reach the changelog), noting a use after the stop."""
+        if self.stopped_offsets is not None:
+            self._used_after_stop()
+        super()._del(key)
+
+    def _used_after_stop(self) -> None:
+        if not self.used_after_stop:
             self.used_after_stop = True
             (Path(self.path) / MARKER).unlink(missing_ok=True)
             log.info("table %s: used after its store stopped (a rebalance during the stop?): its files are "
                      "not kept", self.table_name)
-        return super()._db_for_partition(partition)
 
     def revoke_partitions(self, table: Any, tps: Any) -> None:
         """faust's revocation (the databases are dropped, their files left for a later assignment),

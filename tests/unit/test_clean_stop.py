@@ -98,7 +98,7 @@ def ids(*tables: str) -> dict[str, str]:
     return same_topics(list(tables))
 
 
-def test_the_newest_clean_stop_is_adopted_and_the_other_finished_directories_removed(tmp_path: Path) -> None:
+def test_the_newest_clean_stop_is_adopted_then_the_next_and_crashed_directories_are_removed(tmp_path: Path) -> None:
     now = time.time()
     older, newer, crashed = dead_pid(), dead_pid(), dead_pid()
     stopped_dir(tmp_path, older, cs.CleanStop("app", 6, now - 100, 3, {"stock-levels": {0: 5}}, ids("stock-levels")), ["stock-levels-0.db"])
@@ -114,9 +114,13 @@ def test_the_newest_clean_stop_is_adopted_and_the_other_finished_directories_rem
     assert sorted(p.name for p in mine.iterdir()) == ["order-routing-2.db", "stock-levels-1.db"], \
         "the databases the marker does not name are removed, and the marker itself"
     assert cs.ADOPTED == {"stock-levels": {1: (8, now - 10)}, "order-routing": {2: (50, now - 10)}}
-    for pid in (older, newer, crashed):
+    for pid in (newer, crashed):
         assert not (tmp_path / f"worker-{pid}").exists()
     assert (live / "order-routing-5.db").exists(), "a running process's files are left alone"
+    assert (tmp_path / f"worker-{older}" / cs.MARKER).exists(), "left for the next worker to start"
+    second, marker = cs.adopt(tmp_path, os.getppid() + 10**6, "app", 6, 1800, alive, same_topics, now=now)
+    assert marker is not None and marker.generation == 3 and not (tmp_path / f"worker-{older}").exists()
+    assert sorted(p.name for p in second.iterdir()) == ["stock-levels-0.db"]
 
 
 @pytest.mark.parametrize("why, marker", [
@@ -214,6 +218,10 @@ def test_a_clean_stop_flushes_the_databases_and_an_adopted_one_resumes_from_the_
         assert again._db_for_partition(2).get(b"k") is None
         await again.stop()
         assert again.stopped_offsets == {1: 90, 2: None}
+        cs.write_marker(tmp_path, cs.CleanStop("t-keep", 4, time.time(), GEN, {"stock-levels": {1: 90}}, {}))
+        again._del(b"k")  # faust's `del table[k]` after the stop: its tombstone leaves, no database takes it
+        assert again.used_after_stop and not (tmp_path / cs.MARKER).exists(), "the marker no longer holds"
+        again.used_after_stop = False
         cs.write_marker(tmp_path, cs.CleanStop("t-keep", 4, time.time(), GEN, {"stock-levels": {1: 90}}, {}))
         again._db_for_partition(1)  # a rebalance racing the stop opens a database again
         assert again.used_after_stop and not (tmp_path / cs.MARKER).exists(), "the marker no longer holds"
