@@ -129,10 +129,6 @@ class Store(faust_rocksdb.Store):
         #: partition -> wall-clock time its database was last consistent with the changelog and
         #: closed (revoked); the adopted files of a clean stop count from the stop.
         self._consistent_at: dict[int, float] = {}
-        #: Set by :meth:`stop`: partition -> the offset its last restore ended at (tables/clean_stop.py).
-        self.stopped_offsets: dict[int, int | None] | None = None
-        #: The store was used after :meth:`stop`: its files may not match the marker, so they are not kept.
-        self.used_after_stop = False
         self._late = LateRecords()
         #: (partition, key) of late records recovery left out, until the owner writes them again.
         self._late_keys: list[tuple[int, bytes]] = []
@@ -167,8 +163,9 @@ class Store(faust_rocksdb.Store):
                         name, len(dropped), first.topic, first.partition, first.offset,
                         first.key[:80] if first.key else first.key)
 
-    #: Set by :meth:`stop` (see ``__init__``); class defaults for stores built without it (tests).
+    #: Set by :meth:`stop`: partition -> the offset its last restore ended at (tables/clean_stop.py).
     stopped_offsets: dict[int, int | None] | None = None
+    #: The store was used after :meth:`stop`: its files may not match the marker, so they are not kept.
     used_after_stop = False
 
     #: Bulk restore (tables/restore.py): the Kafka bootstrap to read the changelogs from, or None

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from peakroute.config import Settings
 
@@ -120,6 +121,23 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[dict]], boo
         return records
     finally:
         consumer.close()
+
+
+def partition_records(settings: Settings, topic: str, partition: int, start: int = 0) -> Iterator[Any]:
+    """The librdkafka messages of one topic partition from offset ``start`` to its current end."""
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "it-partition-reader",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, partition, start)])
+    try:
+        while True:
+            msg = c.poll(10)
+            assert msg is not None, "no end-of-partition event"
+            if msg.error():
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                return
+            yield msg
+    finally:
+        c.close()
 
 
 def produce(settings: Settings, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]) -> None:

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from peakroute.config import Settings
 from peakroute.connectors.kafka import make_producer
@@ -30,7 +29,7 @@ from peakroute.streams.topics import INVENTORY, RAW_TOPICS, STOCK_OPS, STOCK_REP
 from peakroute.tables.clean_stop import MARKER, CleanStop, db_filename, topic_ids
 
 from ..conftest import local_stack
-from .harness import PeakrouteProcess, unique_app_id
+from .harness import PeakrouteProcess, partition_records, unique_app_id
 
 pytestmark = pytest.mark.integration
 
@@ -67,25 +66,25 @@ def tables_dir(settings: Settings) -> Path:
 
 def changelog_view(settings: Settings, table: str, partition: int, upto: int) -> dict[bytes, bytes]:
     """The table partition as its changelog says, up to offset ``upto``: each key's last value."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clean-stop-test-reader",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    c.assign([TopicPartition(changelog_topic(settings.app_id, table), partition, 0)])
     view: dict[bytes, bytes] = {}
+    for msg in partition_records(settings, changelog_topic(settings.app_id, table), partition):
+        if msg.offset() > upto:
+            break
+        if msg.value() is None:
+            view.pop(msg.key(), None)
+        else:
+            view[msg.key()] = msg.value()
+    return view
+
+
+def run_until_drained(settings: Settings, log: Path) -> PeakrouteProcess:
+    """A worker run until its group has committed every input message, then stopped (SIGTERM)."""
+    worker = PeakrouteProcess(settings, ["worker", "--metrics-port", "0"], log)
     try:
-        while True:
-            msg = c.poll(10)
-            assert msg is not None, "no end-of-partition event"
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                return view
-            if msg.offset() > upto:
-                return view
-            if msg.value() is None:
-                view.pop(msg.key(), None)
-            else:
-                view[msg.key()] = msg.value()
+        drained(settings, worker)
     finally:
-        c.close()
+        worker.stop()
+    return worker
 
 
 def test_a_cleanly_stopped_worker_restarts_from_its_files_and_reads_only_what_came_after(tmp_path: Path) -> None:
@@ -95,11 +94,7 @@ def test_a_cleanly_stopped_worker_restarts_from_its_files_and_reads_only_what_ca
         first = replace(base, app_id=unique_app_id("keep"), state_dir=str(tmp_path / "state-first"))
         other = replace(first, state_dir=str(tmp_path / "state-other"))
         simulate(first, 1500, seed=1)
-        a = PeakrouteProcess(first, ["worker", "--metrics-port", "0"], tmp_path / "a.log")
-        try:
-            drained(first, a)
-        finally:
-            a.stop()
+        a = run_until_drained(first, tmp_path / "a.log")
         assert "table files kept for the next start" in a.output(), a.output()[-4000:]
         markers = list(tables_dir(first).glob(f"worker-*/{MARKER}"))
         assert len(markers) == 1, markers
@@ -111,11 +106,7 @@ def test_a_cleanly_stopped_worker_restarts_from_its_files_and_reads_only_what_ca
 
         # Another worker (its own state dir) takes the partitions and routes more: records after the stop.
         simulate(first, 800, seed=2)
-        c = PeakrouteProcess(other, ["worker", "--metrics-port", "0"], tmp_path / "c.log")
-        try:
-            drained(other, c)
-        finally:
-            c.stop()
+        run_until_drained(other, tmp_path / "c.log")
 
         ends = end_offsets(first.kafka_bootstrap, [changelog_topic(first.app_id, t) for t in TABLES])
         since_stop = sum(ends[(changelog_topic(first.app_id, t), p)] - 1 - o

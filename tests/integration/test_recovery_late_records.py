@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from peakroute.agents.common import sku_partition
 from peakroute.config import Settings
@@ -31,7 +31,7 @@ from peakroute.tables.redis_views import RedisViews
 from peakroute.tables.stale import GENERATION_HEADER, generation_of
 
 from ..conftest import local_stack
-from .harness import PeakrouteProcess, unique_app_id
+from .harness import PeakrouteProcess, partition_records, unique_app_id
 
 pytestmark = pytest.mark.integration
 
@@ -39,21 +39,8 @@ pytestmark = pytest.mark.integration
 def key_records(settings: Settings, topic: str, partition: int, key: bytes,
                 after: int) -> list[tuple[int, bytes, int | None]]:
     """(offset, value, writer generation) of ``key``'s records on a changelog partition past ``after``."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "late-test-reader",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    c.assign([TopicPartition(topic, partition, after + 1)])
-    found = []
-    try:
-        while True:
-            msg = c.poll(10)
-            assert msg is not None, "no end-of-partition event"
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                return found
-            if msg.key() == key:
-                found.append((msg.offset(), msg.value(), generation_of(msg.headers())))
-    finally:
-        c.close()
+    return [(msg.offset(), msg.value(), generation_of(msg.headers()))
+            for msg in partition_records(settings, topic, partition, after + 1) if msg.key() == key]
 
 
 def recovered_view(settings: Settings, sku: str, worker: PeakrouteProcess) -> dict:
