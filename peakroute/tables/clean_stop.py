@@ -157,6 +157,36 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _usable(old: Path, app_id: str, partitions: int, trust_s: float, now: float) -> CleanStop | None:
+    """The marker in a finished process's directory, if this worker may adopt it."""
+    try:
+        marker = CleanStop.from_json((old / MARKER).read_bytes())
+    except OSError:
+        return None
+    if marker is not None and not (marker.app_id == app_id and marker.partitions == partitions
+                                    and trusted(marker.stopped_at, now, trust_s)):
+        log.info("table files of %s not kept: its clean stop is %.0f s old (kept at most %.0f s), "
+                 "or for another app id or partition count", old, now - marker.stopped_at, trust_s)
+        return None
+    return marker
+
+
+def _same_topics(old: Path, marker: CleanStop, topic_ids: Callable[[list[str]], dict[str, str]]) -> CleanStop | None:
+    """``marker`` without the tables whose changelog topics were created again since; None when
+    the topics' ids cannot be read or no table is left."""
+    try:
+        now_ids = topic_ids(sorted(marker.tables))
+    except Exception as exc:  # noqa: BLE001 - restored in full
+        log.warning("table files of %s not kept: the changelog topics' ids not read: %r", old, exc)
+        return None
+    moved = sorted(t for t in marker.tables if now_ids.get(t) != marker.topic_ids.get(t))
+    if moved:
+        log.info("table files of %s not kept for table(s) %s: their changelog topics were created again "
+                 "since the stop", old, moved)
+    marker.tables = {t: parts for t, parts in marker.tables.items() if t not in moved}
+    return marker if any(marker.tables.values()) else None
+
+
 def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, alive: Callable[[int], bool],
           topic_ids: Callable[[list[str]], dict[str, str]], now: float | None = None,
           keep: bool = True) -> tuple[Path, CleanStop | None]:
@@ -172,63 +202,46 @@ def adopt(root: Path, pid: int, app_id: str, partitions: int, trust_s: float, al
     mine = root / f"worker-{pid}"
     adopted: CleanStop | None = None
     with _locked(root):
-        finished: list[tuple[float, Path, CleanStop | None]] = []
+        finished: dict[Path, CleanStop | None] = {}  # finished process's directory -> usable marker
         for old in root.glob("worker-*"):
             try:
                 other = int(old.name.split("-", 1)[1])
             except ValueError:
                 continue
-            if other != pid and alive(other):
-                continue
-            marker = None
-            if keep:  # our own pid's too: a container's worker is pid 1 at every start
-                try:
-                    marker = CleanStop.from_json((old / MARKER).read_bytes())
-                except OSError:
-                    marker = None
-                if marker is not None and not (marker.app_id == app_id and marker.partitions == partitions
-                                                and trusted(marker.stopped_at, now, trust_s)):
-                    log.info("table files of %s not kept: its clean stop is %.0f s old (kept at most %.0f s), "
-                             "or for another app id or partition count", old, now - marker.stopped_at, trust_s)
-                    marker = None
-            finished.append((marker.stopped_at if marker else float("-inf"), old, marker))
-        finished.sort(key=lambda f: f[0], reverse=True)
-        if finished and finished[0][2] is not None:
-            try:
-                now_ids = topic_ids(sorted(finished[0][2].tables))
-            except Exception as exc:  # noqa: BLE001 - restored in full
-                log.warning("table files of %s not kept: the changelog topics' ids not read: %r", finished[0][1], exc)
-                now_ids = None
-            if now_ids is not None:
-                marker = finished[0][2]
-                moved = sorted(t for t in marker.tables if now_ids.get(t) != marker.topic_ids.get(t))
-                if moved:
-                    log.info("table files of %s not kept for table(s) %s: their changelog topics were created "
-                             "again since the stop", finished[0][1], moved)
-                marker.tables = {t: parts for t, parts in marker.tables.items() if t not in moved}
-            if now_ids is None or not any(finished[0][2].tables.values()):
-                finished[0] = (finished[0][0], finished[0][1], None)
-        if finished and finished[0][2] is not None:
-            _, old, adopted = finished.pop(0)
-            if old != mine:
-                old.rename(mine)
-            (mine / MARKER).unlink()  # the files change from now on: never adopted twice
-            wanted = {db_filename(t, p) for t, parts in adopted.tables.items() for p in parts}
-            for path in mine.iterdir():
-                if path.name not in wanted:
-                    _remove(path)
-            ADOPTED.clear()
-            for table, parts in adopted.tables.items():
-                ADOPTED[table] = {p: (o, adopted.stopped_at) for p, o in parts.items()}
-            log.info("kept the table files of a cleanly stopped worker process (%s, stopped %.0f s ago): "
-                     "%d partition database(s); only the changelog records after its stop are read",
-                     old.name, now - adopted.stopped_at, len(wanted))
-        for _, old, marker in finished:
+            if other == pid or not alive(other):  # our own pid's too: a container's worker is pid 1 each time
+                finished[old] = _usable(old, app_id, partitions, trust_s, now) if keep else None
+        usable = [(m, d) for d, m in finished.items() if m is not None]
+        if usable:
+            marker, newest = max(usable, key=lambda u: u[0].stopped_at)
+            adopted = _same_topics(newest, marker, topic_ids)
+            if adopted is None:
+                finished[newest] = None  # removed below
+            else:
+                del finished[newest]
+                _take(newest, mine, adopted, now)
+        for old, marker in finished.items():
             if marker is None:  # one with a usable marker is left for the next worker to start
                 _remove(old)
                 log.info("removed table files of a finished worker process: %s", old)
         mine.mkdir(exist_ok=True)
     return mine, adopted
+
+
+def _take(old: Path, mine: Path, adopted: CleanStop, now: float) -> None:
+    """Make ``old`` this process's directory with the databases ``adopted`` names, and record them."""
+    if old != mine:
+        old.rename(mine)
+    (mine / MARKER).unlink()  # the files change from now on: never adopted twice
+    wanted = {db_filename(t, p) for t, parts in adopted.tables.items() for p in parts}
+    for path in mine.iterdir():
+        if path.name not in wanted:
+            _remove(path)
+    ADOPTED.clear()
+    for table, parts in adopted.tables.items():
+        ADOPTED[table] = {p: (o, adopted.stopped_at) for p, o in parts.items()}
+    log.info("kept the table files of a cleanly stopped worker process (%s, stopped %.0f s ago): "
+             "%d partition database(s); only the changelog records after its stop are read",
+             old.name, now - adopted.stopped_at, len(wanted))
 
 
 def _remove(path: Path) -> None:
@@ -250,15 +263,13 @@ def write_marker(tabledir: Path, marker: CleanStop) -> Path:
     return path
 
 
-def last_records(bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 10.0,
-                 consumer_factory: Callable[[dict[str, Any]], Any] | None = None
-                 ) -> dict[int, tuple[int, int | None] | None]:
+def last_records(bootstrap: str, topic: str, partitions: list[int],
+                 timeout_s: float = 10.0) -> dict[int, tuple[int, int | None] | None]:
     """Partition -> (offset, writer generation) of the last record of each of ``partitions`` of
     ``topic``, or None for an empty partition.  Raises when a partition cannot be read in time."""
     from confluent_kafka import Consumer, TopicPartition
 
-    make = consumer_factory or Consumer
-    consumer = make({"bootstrap.servers": bootstrap, "group.id": f"peakroute-clean-stop-{uuid.uuid4().hex[:12]}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peakroute-clean-stop-{uuid.uuid4().hex[:12]}",
                      "enable.auto.commit": False, "enable.partition.eof": False,
                      "client.id": "peakroute-worker-clean-stop"})
     out: dict[int, tuple[int, int | None] | None] = {}
